@@ -1,0 +1,253 @@
+"""Prometheus text / OpenMetrics exposition → samples, with the lookups the supervisor needs.
+
+Parsing is delegated to ``prometheus_client``'s own parsers (classic text format and
+OpenMetrics). This module only indexes what they return:
+
+* SGLang metric names carry a colon (``sglang:num_running_reqs``). prometheus_client 0.26's
+  OpenMetrics *exposition* writes such sample names with the colon escaped to ``_``
+  (``sglang_num_requests_total``) while keeping the colon on ``# TYPE``; older versions keep
+  the colon everywhere. Lookups therefore compare names with ``:`` folded to ``_``.
+* prometheus_client strips ``_total`` from counter family names and groups
+  ``_bucket``/``_count``/``_sum`` under the histogram's family name. Lookups here are by
+  *sample* name (``sglang:num_requests_total``, ``sglang:e2e_request_latency_seconds``
+  for a histogram), and a counter may be named with or without ``_total``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as _parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as _parse_text
+
+__all__ = [
+    "Histogram",
+    "MetricsParseError",
+    "MetricsSnapshot",
+    "Sample",
+    "detect_reset",
+    "parse_metrics",
+]
+
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created", "_gcount", "_gsum", "_info")
+
+
+class MetricsParseError(ValueError):
+    """The exposition could not be parsed by prometheus_client."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One exposed series value.
+
+    `name` is the sample name as exposed (e.g. ``sglang:num_requests_total``);
+    `kind` is the type of its family (``counter``, ``gauge``, ``histogram``, ``unknown``...).
+    """
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A cumulative histogram: `buckets` are ``(le, cumulative count)`` ascending, ending at +Inf."""
+
+    buckets: tuple[tuple[float, float], ...]
+    count: float
+    sum: float
+
+
+def _fold(name: str) -> str:
+    return name.replace(":", "_")
+
+
+def _matches(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    for key, value in wanted.items():
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+def _filter(label_filter: Mapping[str, object] | None, kw: Mapping[str, object]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for source in (label_filter or {}), kw:
+        for key, value in source.items():
+            merged[key] = str(value)
+    return merged
+
+
+class MetricsSnapshot:
+    """The samples of one scrape, indexed by (colon-folded) sample name.
+
+    Values of several series that match a label filter are summed (the usual way to
+    aggregate a gauge or counter over `tp_rank`, `is_streaming`, ...).
+    """
+
+    def __init__(self, samples: Iterable[Sample], families: Mapping[str, str]) -> None:
+        self._by_name: dict[str, list[Sample]] = {}
+        for sample in samples:
+            self._by_name.setdefault(_fold(sample.name), []).append(sample)
+        self._families = dict(families)
+
+    @property
+    def families(self) -> dict[str, str]:
+        """Family name (as declared on ``# TYPE``) → type."""
+        return dict(self._families)
+
+    def samples(self, name: str, label_filter: Mapping[str, object] | None = None,
+                **labels: object) -> list[Sample]:
+        """All samples named `name` whose labels include the given ones.
+
+        A counter can be asked for with or without its ``_total`` suffix.
+        Label names that are not Python identifiers go in `label_filter`.
+        """
+        wanted = _filter(label_filter, labels)
+        return [s for s in self._series(name) if _matches(s.labels, wanted)]
+
+    def _series(self, name: str) -> list[Sample]:
+        key = _fold(name)
+        found = self._by_name.get(key)
+        if found is None:
+            alt = key[: -len("_total")] if key.endswith("_total") else key + "_total"
+            found = [s for s in self._by_name.get(alt, ()) if s.kind == "counter"]
+        return found
+
+    def has(self, name: str) -> bool:
+        """Whether any series of this name (or histogram family) is present."""
+        return bool(self._series(name)) or bool(self._by_name.get(_fold(name) + "_bucket"))
+
+    def value(self, name: str, label_filter: Mapping[str, object] | None = None,
+              **labels: object) -> float | None:
+        """Sum of matching series (gauge or counter); ``None`` when no series matches."""
+        found = self.samples(name, label_filter, **labels)
+        if not found:
+            return None
+        return math.fsum(s.value for s in found)
+
+    gauge = value
+    counter = value
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        """Distinct values of `label` among the series of `name` (or of a histogram's buckets)."""
+        series = self._series(name) or self._by_name.get(_fold(name) + "_bucket", [])
+        return {s.labels[label] for s in series if label in s.labels}
+
+    def histogram(self, name: str, label_filter: Mapping[str, object] | None = None,
+                  **labels: object) -> Histogram | None:
+        """The histogram `name` (family name, no ``_bucket``), merged across matching series.
+
+        Bucket counts are summed per `le` over the edges that every matching series has
+        (SGLang series of one metric share their edges; keeping only common edges keeps
+        every reported cumulative count exact). ``None`` when no series matches.
+        """
+        wanted = _filter(label_filter, labels)
+        key = _fold(name)
+        groups: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+        for s in self._by_name.get(key + "_bucket", ()):
+            if not _matches(s.labels, wanted) or "le" not in s.labels:
+                continue
+            ident = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+            groups.setdefault(ident, {})[float(s.labels["le"])] = s.value
+        if not groups:
+            return None
+        common = set.intersection(*(set(edges) for edges in groups.values()))
+        buckets = tuple((le, math.fsum(g[le] for g in groups.values())) for le in sorted(common))
+        count_samples = [s for s in self._by_name.get(key + "_count", ())
+                         if _matches(s.labels, wanted)]
+        sum_samples = [s for s in self._by_name.get(key + "_sum", ())
+                       if _matches(s.labels, wanted)]
+        if count_samples:
+            count = math.fsum(s.value for s in count_samples)
+        else:
+            count = buckets[-1][1] if buckets and math.isinf(buckets[-1][0]) else 0.0
+        total = math.fsum(s.value for s in sum_samples) if sum_samples else 0.0
+        return Histogram(buckets=buckets, count=count, sum=total)
+
+    def monotonic_series(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every counter sample and histogram bucket/count, keyed by (folded name, labels)."""
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for key, samples in self._by_name.items():
+            for s in samples:
+                counter = s.kind == "counter" and not key.endswith("_created")
+                bucket = s.kind == "histogram" and key.endswith(("_bucket", "_count"))
+                if counter or bucket:
+                    out[(key, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_name.values())
+
+
+def _is_openmetrics(text: str, content_type: str | None) -> bool:
+    if content_type is not None:
+        return content_type.split(";")[0].strip().lower() == "application/openmetrics-text"
+    return text.rstrip().endswith("# EOF")
+
+
+def parse_metrics(text: str, *, content_type: str | None = None) -> MetricsSnapshot:
+    """Parse a /metrics body. The format follows `content_type` when given, else the
+    body (OpenMetrics ends with ``# EOF``). Raises `MetricsParseError` on malformed input."""
+    errors = (ValueError, TypeError, IndexError, KeyError)
+    openmetrics = _is_openmetrics(text, content_type)
+    try:
+        families = list((_parse_openmetrics if openmetrics else _parse_text)(text))
+    except errors as e:
+        fmt = "OpenMetrics" if openmetrics else "Prometheus text"
+        if not openmetrics:
+            raise MetricsParseError(f"cannot parse {fmt} exposition: {e}") from e
+        # prometheus_client 0.26 cannot read back its own OpenMetrics output for colon
+        # names with several series ("Clashing name": the escaped sample names start a
+        # new family per series). The classic parser has no such check and reads it.
+        try:
+            families = list(_parse_text(text))
+        except errors:
+            raise MetricsParseError(f"cannot parse {fmt} exposition: {e}") from e
+
+    declared: dict[str, str] = {}
+    for fam in families:
+        if fam.type != "unknown":
+            declared[_fold(fam.name)] = fam.type
+
+    def kind_of(fam_type: str, sample_name: str) -> str:
+        if fam_type != "unknown":
+            return fam_type
+        # OpenMetrics from prometheus_client 0.26: samples escaped into their own
+        # untyped families; recover the type from the declared family.
+        folded = _fold(sample_name)
+        if folded in declared:
+            return declared[folded]
+        for suffix in _SUFFIXES:
+            if folded.endswith(suffix) and folded[: -len(suffix)] in declared:
+                return declared[folded[: -len(suffix)]]
+        return "unknown"
+
+    samples = [
+        Sample(name=s.name, labels=dict(s.labels), value=float(s.value),
+               kind=kind_of(fam.type, s.name))
+        for fam in families
+        for s in fam.samples
+    ]
+    type_names = {fam.name: fam.type for fam in families if fam.type != "unknown" or fam.samples}
+    return MetricsSnapshot(samples, type_names)
+
+
+def detect_reset(prev: MetricsSnapshot, cur: MetricsSnapshot) -> bool:
+    """Whether the worker's counters were reset between two scrapes.
+
+    True when any counter or histogram bucket/count series decreased, or vanished
+    (SGLang creates a labelled series on its first write, so a restarted worker
+    has none of the old ones until it serves again).
+    """
+    before = prev.monotonic_series()
+    after = cur.monotonic_series()
+    for key, old in before.items():
+        new = after.get(key)
+        if new is None or new < old:
+            return True
+    return False
