@@ -160,7 +160,7 @@ class AuditLog:
     def _append(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # bounded: only loops when another writer rotates under us
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 st = os.fstat(fd)
@@ -173,6 +173,8 @@ class AuditLog:
                 if st.st_size > 0 and st.st_size + len(data) > self.max_bytes:
                     self._rotate()
                     continue
+                if st.st_size > 0 and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                    data = b"\n" + data  # a writer died mid-line: don't glue onto its tail
                 written = os.write(fd, data)
                 if written != len(data):
                     # Not expected on a regular file; finish the line rather than tear it.
