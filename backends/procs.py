@@ -252,6 +252,9 @@ def spawn_detached(cmd: LaunchCommand, log_path: Path, *, cwd: Path | None = Non
     _append_line(log_path, f"===== {_now_iso()} embedops spawn: {shown}")
     env = {**os.environ, **cmd.env}
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # SGLang logs its server_args (api_key included): keep an older log private too
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o600)
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
             list(cmd.argv), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
