@@ -223,14 +223,21 @@ class SglangRouter:
         for w in await self._workers_raw():
             if w.get("url") == url:
                 return self._routed(w, await self._circuits())
-        body: dict[str, Any] = {"url": url}
-        if api_key:
-            body["api_key"] = api_key
-        r = await self._request("POST", "/workers", json=body)
-        if r.status_code != 202:
-            raise BalancerError(f"POST /workers {url}: HTTP {r.status_code} {r.text[:300]}")
-        wid = str(r.json()["worker_id"])
-        self._pending[url] = wid
+        wid = self._pending.get(url)
+        if wid is not None:
+            job = await self._get(wid)
+            if job is None or _job(job) != ("AddWorker", "processing"):
+                wid = None
+        if wid is None:
+            body: dict[str, Any] = {"url": url}
+            if api_key:
+                body["api_key"] = api_key
+            r = await self._request("POST", "/workers", json=body)
+            if r.status_code != 202:
+                raise BalancerError(f"POST /workers {url}: HTTP {r.status_code} "
+                                    f"{r.text[:300]}")
+            wid = str(r.json()["worker_id"])
+            self._pending[url] = wid
         deadline = time.monotonic() + wait_s
         while True:
             for w in await self._workers_raw():
