@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _CTIME_TOLERANCE_S = 0.05
 """create_time is start ticks (1/100 s) + boot time; equal processes compare equal."""
 _POLL_S = 0.05
-_MASK = "***"
+_MASK = "********"
 _SECRET_WORDS = ("key", "token", "secret", "password", "passwd")
 
 
@@ -154,15 +154,7 @@ def is_running(identity: ProcessIdentity) -> bool:
 # --------------------------------------------------------------------------- masking
 
 
-def _is_secret_flag(flag: str) -> bool:
-    name = flag.lstrip("-").lower().replace("_", "-")
-    return flag.startswith("-") and any(word in name for word in _SECRET_WORDS)
-
-
-def mask_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` with the values of secret-looking flags (``--api-key``,
-    ``--admin-api-key``, ``--*token*``, ``--*secret*``, ``--*password*``) replaced by
-    ``***``, in both ``--flag value`` and ``--flag=value`` forms."""
+def _basic_mask(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     hide_next = False
     for arg in argv:
@@ -170,13 +162,28 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
             out.append(_MASK)
             hide_next = False
             continue
-        if arg.startswith("-") and "=" in arg:
-            flag, _, _value = arg.partition("=")
-            out.append(f"{flag}={_MASK}" if _is_secret_flag(flag) else arg)
+        flag, eq, _value = arg.partition("=")
+        secret = flag.startswith("-") and any(w in flag.lower() for w in _SECRET_WORDS)
+        if secret and eq:
+            out.append(f"{flag}={_MASK}")
             continue
         out.append(arg)
-        hide_next = _is_secret_flag(arg)
+        hide_next = secret
     return out
+
+
+def mask_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with API keys and other secrets masked, for display and logs.
+
+    Uses `backends.sglang.mask_argv` (one masking rule for the whole product); a
+    basic rule (values of ``--*key*``/``--*token*``/``--*secret*``/``--*password*``
+    flags) stands in if that module cannot be imported.
+    """
+    try:
+        from backends.sglang import mask_argv as sglang_mask  # lazy: no import cycle
+    except Exception:  # noqa: BLE001 - a broken sibling must not stop a stop/spawn
+        return _basic_mask(argv)
+    return sglang_mask(argv)
 
 
 # --------------------------------------------------------------------------- logs
@@ -653,6 +660,8 @@ class DiscoveredServer:
     sim: bool
     """True for `backends.sim.worker` launchers."""
     pgid: int | None = None
+    settings: Mapping[str, object] = field(default_factory=dict)
+    """`backends.sglang.parse_launch_argv` of its command line (API key masked)."""
 
     @property
     def url(self) -> str:
@@ -714,6 +723,24 @@ def _flag_value(argv: Sequence[str], *names: str) -> str | None:
     return value
 
 
+def _launch_settings(argv: Sequence[str]) -> dict[str, object]:
+    """Settings of a launch argv via `backends.sglang.parse_launch_argv` (the one
+    parser of launch command lines), with a minimal parse as fallback; the API key
+    is masked."""
+    settings: dict[str, object]
+    try:
+        from backends.sglang import parse_launch_argv  # lazy: no import cycle
+        settings = dict(parse_launch_argv(argv))
+    except Exception:  # noqa: BLE001 - unknown form or sibling unavailable
+        host, port, model = _parse_endpoint(argv)
+        settings = {"host": host, "port": port}
+        if model is not None:
+            settings["model_path"] = model
+    if settings.get("api_key") is not None:
+        settings["api_key"] = _MASK
+    return settings
+
+
 def _parse_endpoint(argv: Sequence[str]) -> tuple[str, int, str | None]:
     """host, port, model path from a launch argv (SGLang defaults: 127.0.0.1:30000)."""
     host = _flag_value(argv, "--host") or "127.0.0.1"
@@ -724,6 +751,25 @@ def _parse_endpoint(argv: Sequence[str]) -> tuple[str, int, str | None]:
         port = 30000
     model = _flag_value(argv, "--model-path", "--model")
     return host, port, model
+
+
+def _as_port(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 30000
+
+
+def read_argv(identity: ProcessIdentity) -> list[str] | None:
+    """The unmasked command line of the identified process (to relaunch an adopted
+    server with the same arguments), or None when it no longer verifies."""
+    state, proc = _match(identity)
+    if state != "alive" or proc is None:
+        return None
+    try:
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def discover_sglang_servers() -> list[DiscoveredServer]:
@@ -757,12 +803,14 @@ def discover_sglang_servers() -> list[DiscoveredServer]:
             cvd = proc.environ().get("CUDA_VISIBLE_DEVICES")
         except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
             cvd = None
-        host, port, model = _parse_endpoint(argv)
+        settings = _launch_settings(argv)
+        model = settings.get("model_path")
         st = _read_stat(pid)
         servers.append(DiscoveredServer(
-            pid=pid, identity=ident, argv=tuple(mask_argv(argv)), host=host, port=port,
-            model_path=model, cuda_visible_devices=cvd, sim=(kind == "sim"),
-            pgid=st.pgid if st else None))
+            pid=pid, identity=ident, argv=tuple(mask_argv(argv)),
+            host=str(settings.get("host") or "127.0.0.1"), port=_as_port(settings.get("port")),
+            model_path=str(model) if model is not None else None, cuda_visible_devices=cvd,
+            sim=(kind == "sim"), pgid=st.pgid if st else None, settings=settings))
     servers.sort(key=lambda s: s.identity.create_time)
     return servers
 
@@ -858,6 +906,6 @@ __all__ = [
     "DiscoveredServer", "PortOwner", "ProcInfo", "ProcessIdentity", "SpawnError", "StopResult",
     "cmdline_hash", "discover_sglang_servers", "discover_sglang_servers_async", "find_orphans",
     "group_pids", "identify", "is_running", "kill_group_now", "launcher_kind", "mask_argv",
-    "port_owner", "port_owner_async", "process_tree", "returncode", "rotate_log", "spawn_detached",
+    "port_owner", "port_owner_async", "process_tree", "read_argv", "returncode", "rotate_log", "spawn_detached",
     "stop_group", "verify",
 ]

@@ -287,7 +287,7 @@ def test_spawn_log_header_masks_secret_and_appends(spawned: Spawned, tmp_path: P
     text = log_path.read_text()
     assert text.startswith("previous generation\n")  # appended, not truncated
     assert "sk-SECRET" not in text
-    assert "--api-key ***" in text
+    assert "--api-key ********" in text
     assert f"spawned pid {ident.pid}" in text
     assert "hello from worker" in text
     assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
@@ -381,7 +381,10 @@ def test_discovery_finds_launchers_only(groups: ProcessGroups, tmp_path: Path) -
     a, b = found[real.pid], found[sim.pid]
     assert (a.port, a.host, a.model_path, a.sim, a.cuda_visible_devices) == (
         port_a, "127.0.0.1", "/models/Qwen3-Embedding-4B", False, "3")
-    assert "sk-SECRET" not in " ".join(a.argv) and "***" in a.argv
+    assert "sk-SECRET" not in " ".join(a.argv) and "--api-key" in a.argv
+    assert a.settings["api_key"] != "sk-SECRET" and a.settings["is_embedding"] is True
+    raw = procs.read_argv(a.identity)
+    assert raw is not None and "sk-SECRET" in raw  # for relaunching an adoptee
     assert procs.verify(a.identity)
     assert a.pgid == real.pid
     assert (b.port, b.model_path, b.sim, b.cuda_visible_devices) == (port_b, "sim-model", True, None)

@@ -13,16 +13,37 @@ from backends import procs
 from backends.procs import ProcessIdentity
 
 
+M = "********"
+
+
 @pytest.mark.parametrize(("argv", "masked"), [
-    (["sglang", "--api-key", "sk-1", "--port", "1"], ["sglang", "--api-key", "***", "--port", "1"]),
-    (["x", "--admin-api-key=abc", "--api_key", "k"], ["x", "--admin-api-key=***", "--api_key", "***"]),
+    (["sglang", "--api-key", "sk-1", "--port", "1"], ["sglang", "--api-key", M, "--port", "1"]),
+    (["x", "--admin-api-key=abc", "--api_key", "k"], ["x", f"--admin-api-key={M}", "--api_key", M]),
     (["x", "--hf-token", "t", "--db-password=p", "--client-secret", "s"],
-     ["x", "--hf-token", "***", "--db-password=***", "--client-secret", "***"]),
+     ["x", "--hf-token", M, f"--db-password={M}", "--client-secret", M]),
     (["x", "--port", "30000", "--model-path", "/m"], ["x", "--port", "30000", "--model-path", "/m"]),
     (["x", "--api-key"], ["x", "--api-key"]),  # dangling flag: nothing to hide
 ])
-def test_mask_argv(argv: list[str], masked: list[str]) -> None:
-    assert procs.mask_argv(argv) == masked
+def test_basic_mask(argv: list[str], masked: list[str]) -> None:
+    assert procs._basic_mask(argv) == masked
+
+
+def test_mask_argv_hides_keys() -> None:
+    shown = procs.mask_argv(["python", "-m", "sglang.launch_server", "--api-key", "sk-1",
+                             "--admin-api-key=sk-2", "--port", "30000"])
+    assert "sk-1" not in " ".join(shown) and "sk-2" not in " ".join(shown)
+    assert shown[:3] == ["python", "-m", "sglang.launch_server"]
+    assert shown[-2:] == ["--port", "30000"]
+
+
+def test_launch_settings_mask_api_key() -> None:
+    settings = procs._launch_settings(["python", "-m", "sglang.launch_server", "--model-path", "/m",
+                                       "--port", "31000", "--api-key", "sk-1"])
+    assert settings["port"] == 31000 and settings["model_path"] == "/m"
+    assert settings["api_key"] != "sk-1"
+    # a form the product parser may not know still yields an endpoint
+    fallback = procs._launch_settings(["python", "-m", "sglang", "serve", "--port", "31001"])
+    assert fallback["port"] == 31001 and fallback["host"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize(("argv", "kind"), [
