@@ -485,8 +485,7 @@ class ControlServer:
         self._conns.add(task)
         try:
             if len(self._conns) > self._max_connections:
-                conn = h11.Connection(h11.SERVER)
-                await self._send_error_and_close(conn, writer, ControlError(
+                await self._send_error_and_close(reader, writer, ControlError(
                     503, "busy", "too many control connections"))
                 return
             sock = writer.get_extra_info("socket")
@@ -509,7 +508,7 @@ class ControlServer:
             try:
                 got = await self._read_request(conn, reader)
             except _Reject as r:
-                await self._send_error_and_close(conn, writer, r.error)
+                await self._send_error_and_close(reader, writer, r.error)
                 return
             if got is None:
                 return
@@ -551,6 +550,11 @@ class ControlServer:
                 conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = event
+                # h11 bounds only an *incomplete* head; bound a complete one too.
+                head = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if head > self._max_header:
+                    raise _Reject(431, "headers_too_large",
+                                  f"request head over {self._max_header} bytes")
                 length = _header(event.headers, b"content-length")
                 if length is not None and length.isdigit() and int(length) > self._max_body:
                     raise _Reject(413, "too_large",
@@ -622,8 +626,8 @@ class ControlServer:
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
-    async def _send_error_and_close(self, conn: h11.Connection, writer: asyncio.StreamWriter,
-                                    err: ControlError) -> None:
+    async def _send_error_and_close(self, reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter, err: ControlError) -> None:
         data = _dumps(err.to_json()) + b"\n"
         head = (f"HTTP/1.1 {err.status} {_reason(err.status)}\r\ncontent-type: {_JSON}\r\n"
                 f"content-length: {len(data)}\r\nconnection: close\r\n\r\n").encode()
@@ -631,6 +635,27 @@ class ControlServer:
         writer.write(head + data)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
+        await self._linger(reader, writer)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, then discard what the client still sends (bounded) before closing.
+
+        Closing a socket with unread input makes the kernel reset the connection, and
+        the client may then lose the error reply it has not read yet.
+        """
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
+        deadline = time.monotonic() + 1.0
+        budget = self._max_body + self._max_header
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            while budget > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+                if not chunk:
+                    break
+                budget -= len(chunk)
 
     async def _send_stream(self, conn: h11.Connection, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter, resp: ControlResponse) -> None:
