@@ -45,6 +45,7 @@ _BASE_URL = "http://embedops"  # the host part is only a label on a Unix socket
 _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 _REQUIRED: Any = object()
+_DEFAULT: Any = object()  # "the client's default timeout" (None means no timeout)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -248,6 +249,8 @@ def _check_value(name: str, value: Any, kind: type | tuple[type, ...],
             raise ControlError.bad_request(
                 f"field {name!r} must be {names}, got {type(value).__name__}", code="bad_args")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if float in kinds and int not in kinds:
+            value = float(value)
         if isinstance(value, float) and not math.isfinite(value):
             raise ControlError.bad_request(f"field {name!r} must be finite", code="bad_args")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -514,10 +517,17 @@ class ControlServer:
                 return
             request, body = got
             resp = await self._dispatch(request, body, peer)
-            if resp.lines is not None:
+            if request.method == b"HEAD":  # headers only; never start a stream
+                if resp.lines is not None:
+                    with contextlib.suppress(Exception):
+                        await resp.lines.aclose()  # type: ignore[attr-defined]
+                    resp = dataclasses.replace(resp, lines=None)
+                await self._send_json(conn, writer, resp, head_only=True)
+            elif resp.lines is not None:
                 await self._send_stream(conn, reader, writer, resp)
                 return
-            await self._send_json(conn, writer, resp)
+            else:
+                await self._send_json(conn, writer, resp)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -541,7 +551,7 @@ class ControlServer:
                         raise _Reject(408, "timeout", "request not received in time")
                 try:
                     data = await asyncio.wait_for(reader.read(65536), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if deadline is None:
                         return None  # idle keep-alive connection: just close it
                     raise _Reject(408, "timeout", "request not received in time") from None
@@ -578,7 +588,7 @@ class ControlServer:
             read_only = authorize(peer.uid, method, owner_uid=self.owner_uid,
                                   allowed_uids=self.allowed_uids,
                                   read_only_uids=self.read_only_uids)
-            route, params = self._match(method, path)
+            route, params = self._match("GET" if method == "HEAD" else method, path)
             payload: Any = None
             if body.strip():
                 try:
@@ -617,11 +627,12 @@ class ControlServer:
         raise ControlError.not_found(f"no such endpoint: {method} {path}", code="unknown_route")
 
     async def _send_json(self, conn: h11.Connection, writer: asyncio.StreamWriter,
-                         resp: ControlResponse) -> None:
+                         resp: ControlResponse, *, head_only: bool = False) -> None:
         data = b"" if resp.body is None and resp.status == 204 else _dumps(resp.body) + b"\n"
         headers = [("content-type", _JSON), ("content-length", str(len(data)))]
-        writer.write(conn.send(h11.Response(status_code=resp.status, headers=headers)))
-        if data:
+        writer.write(conn.send(h11.Response(status_code=resp.status, headers=headers,
+                                            reason=_reason(resp.status))))
+        if data and not head_only:
             writer.write(conn.send(h11.Data(data=data)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
@@ -647,7 +658,7 @@ class ControlServer:
             writer.write_eof()
         deadline = time.monotonic() + 1.0
         budget = self._max_body + self._max_header
-        with contextlib.suppress(OSError, asyncio.TimeoutError):
+        with contextlib.suppress(OSError, TimeoutError):
             while budget > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -663,7 +674,8 @@ class ControlServer:
         assert lines is not None
         headers = [("content-type", _NDJSON), ("connection", "close"),
                    ("cache-control", "no-store")]
-        writer.write(conn.send(h11.Response(status_code=resp.status, headers=headers)))
+        writer.write(conn.send(h11.Response(status_code=resp.status, headers=headers,
+                                            reason=_reason(resp.status))))
         await writer.drain()
 
         async def pump() -> None:
@@ -766,7 +778,7 @@ async def _socket_answers(path: Path, timeout: float = 2.0) -> bool:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(os.fspath(path)), timeout)
     except (ConnectionRefusedError, FileNotFoundError):
         return False
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True  # something holds it and is slow: do not steal it
     except OSError as e:
         if e.errno == errno.ECONNREFUSED:
@@ -848,14 +860,17 @@ class ControlClient:
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: Mapping[str, Any] | None = None,
-                      timeout: float | None = None) -> tuple[int, Any]:
-        """Send one request; return (status, decoded body) for 2xx, else raise."""
+                      timeout: float | None = _DEFAULT) -> tuple[int, Any]:
+        """Send one request; return (status, decoded body) for 2xx, else raise.
+
+        `timeout` defaults to the client's; None waits without limit (``?wait=1``).
+        """
         if not os.path.exists(self.socket_path):
             raise SupervisorNotRunning(self.socket_path, "no control socket")
         try:
             resp = await self._http.request(
                 method, path, json=json, params=params,
-                timeout=self._timeout if timeout is None else timeout)
+                timeout=self._timeout if timeout is _DEFAULT else timeout)
         except httpx.TransportError as e:
             raise _transport_error(e, self.socket_path) from e
         return resp.status_code, _decode(resp)
@@ -865,7 +880,7 @@ class ControlClient:
         return (await self.request("GET", path, params=params))[1]
 
     async def post(self, path: str, json: Any = None, params: Mapping[str, Any] | None = None,
-                   *, timeout: float | None = None) -> Any:
+                   *, timeout: float | None = _DEFAULT) -> Any:
         """POST `json` to `path` and return the decoded JSON body."""
         return (await self.request("POST", path, json=json, params=params, timeout=timeout))[1]
 
@@ -914,13 +929,16 @@ class SyncControlClient:
 
     def request(self, method: str, path: str, *, json: Any = None,
                 params: Mapping[str, Any] | None = None,
-                timeout: float | None = None) -> tuple[int, Any]:
-        """Send one request; return (status, decoded body) for 2xx, else raise."""
+                timeout: float | None = _DEFAULT) -> tuple[int, Any]:
+        """Send one request; return (status, decoded body) for 2xx, else raise.
+
+        `timeout` defaults to the client's; None waits without limit (``?wait=1``).
+        """
         if not os.path.exists(self.socket_path):
             raise SupervisorNotRunning(self.socket_path, "no control socket")
         try:
             resp = self._http.request(method, path, json=json, params=params,
-                                      timeout=self._timeout if timeout is None else timeout)
+                                      timeout=self._timeout if timeout is _DEFAULT else timeout)
         except httpx.TransportError as e:
             raise _transport_error(e, self.socket_path) from e
         return resp.status_code, _decode(resp)
@@ -930,7 +948,7 @@ class SyncControlClient:
         return self.request("GET", path, params=params)[1]
 
     def post(self, path: str, json: Any = None, params: Mapping[str, Any] | None = None,
-             *, timeout: float | None = None) -> Any:
+             *, timeout: float | None = _DEFAULT) -> Any:
         """POST `json` to `path` and return the decoded JSON body."""
         return self.request("POST", path, json=json, params=params, timeout=timeout)[1]
 

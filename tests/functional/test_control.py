@@ -245,6 +245,16 @@ async def test_garbage_and_stalled_requests_are_bounded(api, sock_path: Path) ->
     assert _status_and_body(await _raw(sock_path, huge_header))[0] in (400, 431)
 
 
+async def test_head_and_pipelined_requests(api, sock_path: Path) -> None:
+    raw = await _raw(sock_path, b"HEAD /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"HEAD /v1/follow HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    parts = raw.split(b"HTTP/1.1 ")
+    assert [p[:6] for p in parts[1:]] == [b"200 OK"] * 3
+    assert parts[1].endswith(b"\r\n\r\n") and parts[2].endswith(b"\r\n\r\n")  # no bodies
+    assert json.loads(parts[3].partition(b"\r\n\r\n")[2])["schema"] == 1
+
+
 async def test_idle_keepalive_connection_is_closed(api, sock_path: Path) -> None:
     server, _ = api
     reader, writer = await asyncio.open_unix_connection(str(sock_path))
@@ -346,6 +356,16 @@ async def test_stop_leaves_a_successors_socket_alone(sock_path: Path) -> None:
             assert (await client.get("/v1/status"))["schema"] == 1
     finally:
         await second.stop()
+
+
+async def test_client_timeout_and_unlimited_wait(api, sock_path: Path) -> None:
+    async with ControlClient(sock_path, timeout=0.3) as client:
+        with pytest.raises(ControlError) as info:
+            await client.get("/v1/slow", params={"s": 2})
+        assert (info.value.status, info.value.code) == (504, "timeout")
+        # None = no limit, for `?wait=1` actions that take minutes
+        _, body = await client.request("GET", "/v1/slow", params={"s": 0.6}, timeout=None)
+        assert body == {"slept": 0.6}
 
 
 async def test_no_supervisor_errors(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_two_processes_append_without_interleaving(tmp_path: Path, procs) -> Non
     assert log.files() == [log.path]
     _check_complete(log, 150)
     order = [json.loads(ln)["worker"] for ln in _lines(log.path)]
-    switches = sum(1 for x, y in zip(order, order[1:]) if x != y)
+    switches = sum(1 for x, y in zip(order, order[1:], strict=False) if x != y)
     assert switches >= 2, "the two writers did not overlap: the test proved nothing"
     newest_first = log.read(worker="a")
     assert [e["detail"]["seq"] for e in newest_first] == list(reversed(range(150)))
@@ -257,7 +257,7 @@ def test_record_is_fast_enough(tmp_path: Path) -> None:
     """fsync per entry: operator actions are rare, but a burst must not stall the loop."""
     log = AuditLog(tmp_path / "a.jsonl")
     t0 = time.perf_counter()
-    for i in range(50):
+    for _ in range(50):
         log.record("drain", worker="w1", caller_uid=0, outcome="ok")
     per_entry = (time.perf_counter() - t0) / 50
     assert per_entry < 0.2, per_entry

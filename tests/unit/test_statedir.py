@@ -6,7 +6,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
