@@ -451,12 +451,16 @@ class ControlServer:
         log.info("control socket listening on %s (mode %o)", path, self.socket_mode)
 
     async def stop(self) -> None:
-        """Stop accepting, end open connections and streams, remove the socket file."""
+        """Stop accepting, end open connections and streams, remove the socket file.
+
+        Handlers still running are cancelled. Called from inside a handler (a shutdown
+        route), that handler's own connection is left to finish its reply.
+        """
         server, self._server = self._server, None
         if server is None:
             return
         server.close()
-        tasks = list(self._conns)
+        tasks = [t for t in self._conns if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
         if tasks:

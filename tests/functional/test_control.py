@@ -444,6 +444,24 @@ async def test_stop_ends_open_streams(sock_path: Path) -> None:
     assert got and not sock_path.exists()
 
 
+async def test_shutdown_route_may_stop_the_server_and_still_reply(sock_path: Path) -> None:
+    server = ControlServer(sock_path)
+
+    async def shutdown(req: ControlRequest) -> dict:
+        await server.stop()
+        return {"stopping": True}
+    server.route("POST", "/v1/shutdown", shutdown)
+    await server.start()
+    try:
+        async with ControlClient(sock_path) as client:
+            assert await client.post("/v1/shutdown", {"stop_workers": False}) == {"stopping": True}
+        assert not server.serving and not sock_path.exists()
+        with pytest.raises(SupervisorNotRunning):
+            await ControlClient(sock_path).get("/v1/status")
+    finally:
+        await server.stop()
+
+
 # ---------------------------------------------------------------- concurrency
 
 
