@@ -12,7 +12,8 @@ installed) over a bounded pool of loopback connections, and checks bodies cheapl
 ``verify="full"`` asks for a real JSON decode of every response.
 
 CLI: ``python -m backends.sim.loadgen --url URL --rate R [--duration S] [--count N]
-[--model M] [--deadline-s D] [--retries N] [--json]``.
+[--model M] [--deadline-s D] [--retries N] [--json]``; with neither bound it runs until
+SIGINT/SIGTERM and then prints its report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from array import array
@@ -595,7 +597,8 @@ class LoadGen:
     # -- control
 
     def stop(self) -> None:
-        """Stop sending (thread-safe flag); in-flight requests are still awaited."""
+        """Stop sending (a flag, safe from any thread; seen within 0.1 s); in-flight
+        requests are still awaited. A stopped generator does not send again."""
         self._stopping = True
 
     def snapshot(self) -> LiveStats:
@@ -629,7 +632,6 @@ class LoadGen:
         """Send on schedule until a bound or a stop, wait for in-flight requests, report."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._stopping = False
         self._reset_counters()
         pool = _Pool(loop, self._host, self._port, self.spec.max_connections)
         tasks: set[asyncio.Task[None]] = set()
@@ -818,15 +820,27 @@ class LoadGen:
 
 
 def run_load(spec: LoadSpec, *, on_progress: Callable[[LiveStats], None] | None = None,
-             use_uvloop: bool = True) -> LoadReport:
-    """Run one load in a fresh event loop (uvloop when available) and return its report."""
+             use_uvloop: bool = True, stop_on_signals: bool = False) -> LoadReport:
+    """Run one load in a fresh event loop (uvloop when available) and return its report.
+
+    With `stop_on_signals`, SIGINT/SIGTERM stop sending (the report still comes back).
+    """
+    gen = LoadGen(spec, on_progress=on_progress)
+
+    async def go() -> LoadReport:
+        if stop_on_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, gen.stop)
+        return await gen.run()
+
     if use_uvloop:
         try:
             import uvloop
         except ImportError:
-            return asyncio.run(LoadGen(spec, on_progress=on_progress).run())
-        return uvloop.run(LoadGen(spec, on_progress=on_progress).run())
-    return asyncio.run(LoadGen(spec, on_progress=on_progress).run())
+            return asyncio.run(go())
+        return uvloop.run(go())
+    return asyncio.run(go())
 
 
 # --------------------------------------------------------------------------- CLI
@@ -852,15 +866,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", choices=("cheap", "full"), default="cheap")
     p.add_argument("--connections", type=int, default=256, help="max connections")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--progress", choices=("text", "json", "none"), default="text",
+                   help="live figures on stderr every second (json: one object per line)")
+    p.add_argument("--quiet", action="store_true", help="same as --progress none")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; exit status 0 when every request succeeded, 1 otherwise."""
     args = _parser().parse_args(argv)
-    if args.duration is None and args.count is None:
-        _parser().error("give --duration and/or --count")
     try:
         spec = LoadSpec(url=args.url, rate=args.rate, duration_s=args.duration, count=args.count,
                         model=args.model, api_key=args.api_key, deadline_s=args.deadline_s,
@@ -871,12 +885,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         _parser().error(str(e))
 
-    def progress(s: LiveStats) -> None:
-        print(f"[{s.elapsed_s:7.1f}s] sent {s.sent} ok {s.ok} err {s.errors} "
-              f"in-flight {s.in_flight} | {s.recent_ok_rps:.0f} ok/s p95 {s.recent_p95_ms} ms",
-              file=sys.stderr, flush=True)
+    mode = "none" if args.quiet else args.progress
 
-    report = run_load(spec, on_progress=None if args.quiet else progress)
+    def progress(s: LiveStats) -> None:
+        if mode == "json":
+            print(json.dumps(s.to_json()), file=sys.stderr, flush=True)
+        else:
+            print(f"[{s.elapsed_s:7.1f}s] sent {s.sent} ok {s.ok} err {s.errors} "
+                  f"in-flight {s.in_flight} | {s.recent_ok_rps:.0f} ok/s "
+                  f"p95 {s.recent_p95_ms} ms", file=sys.stderr, flush=True)
+
+    # without --duration/--count it runs until SIGINT/SIGTERM, then reports
+    report = run_load(spec, on_progress=None if mode == "none" else progress,
+                      stop_on_signals=True)
     out = report.to_json()
     if args.json:
         print(json.dumps(out, indent=2))

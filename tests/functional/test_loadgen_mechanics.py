@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ import httpx
 import pytest
 
 from backends.sim.loadgen import LoadGen, LoadSpec, run_load
-from tests.conftest import PYTHON, free_port, wait_http
+from tests.conftest import PYTHON, REPO, free_port, wait_http
 
 DIM = 8
 
@@ -263,6 +266,28 @@ async def test_runs_until_stop_event_with_live_stats(srv):
     assert report.sent == report.ok + report.error_total
     assert report.error_total == 0
     assert len(seen) >= 3 and seen[-1].sent <= report.sent
+
+
+def test_cli_runs_until_sigterm_then_reports(srv):
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "backends.sim.loadgen", "--url", srv.url, "--rate", "50", "--json",
+         "--progress", "json", "--dimension", str(DIM)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)  # the process we just started
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["stopped_early"] is True
+    assert 20 <= report["sent"] <= 200 and report["ok"] == report["sent"]
+    progress = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert progress and progress[-1]["sent"] <= report["sent"]
 
 
 if __name__ == "__main__":
