@@ -378,59 +378,45 @@ def next_rollout_step(
     ready_since: Mapping[str, float] | None = None,
     now: float | None = None,
     soak_s: float = 0.0,
-    max_unavailable: int = 1,
 ) -> str | None | Blocked | Aborted:
     """The next worker a rolling restart may take out, or why not.
 
-    `states` are the workers taking part (in rollout order; N = their number);
-    `started` the ones whose restart was already begun, in order; `failed` those whose
-    restart failed (e.g. a retune rolled back). Returns:
+    `states` are the workers taking part, in rollout order (leave out workers the
+    operator stopped on purpose: a rollout restarts every worker it is given);
+    `started` the ones whose restart was already begun; `failed` those whose restart
+    failed (e.g. a retune rolled back). Returns:
 
     * a worker name: restart it now;
-    * ``None``: every worker was restarted and the last one is ready (and soaked);
-    * `Blocked`: a restarted worker is not ready (or not soaked) yet, or taking one more
-      out would leave fewer than N − `max_unavailable` routed workers;
-    * `Aborted`: a restarted worker failed; do not continue.
+    * ``None``: every worker was restarted and is ready (and soaked);
+    * `Blocked`: a restarted worker is not ready again, or not soaked yet;
+    * `Aborted`: a restarted worker failed (``FAILED`` or listed in `failed`); stop.
 
-    A worker that is not routed anyway is taken before routed ones: restarting it costs
-    no capacity.
+    One at a time, never below N − 1 routed: a routed worker is only taken out when
+    every other worker is routed. Restarted workers must all be routed (else
+    `Blocked`), and a remaining worker that is not routed is taken before routed ones
+    (restarting it costs no capacity), so when a routed one is returned, all N are routed.
     """
-    if max_unavailable < 1:
-        raise ValueError("max_unavailable must be >= 1")
     if soak_s > 0 and now is None:
         raise ValueError("soak_s needs now")
     for name in started:
         if name in failed:
             return Aborted(f"{name}: restart failed; rollout stopped")
-        state = states.get(name)
-        if state is None:
-            continue  # removed from the fleet meanwhile
-        if state is WorkerState.FAILED:
+        if states.get(name) is WorkerState.FAILED:
             return Aborted(f"{name}: failed after restart; rollout stopped")
     for name in started:
         state = states.get(name)
         if state is None:
-            continue
+            continue  # removed from the fleet meanwhile
         if state not in ROUTED_STATES:
             return Blocked(f"waiting for {name} to become ready ({state.value})")
         if soak_s > 0:
-            since = (ready_since or {}).get(name)
             assert now is not None
+            since = (ready_since or {}).get(name)
             if since is None or now - since < soak_s:
                 held = 0.0 if since is None else now - since
                 return Blocked(f"{name} soaking: ready {held:.0f} s of {soak_s:.0f} s")
     remaining = [name for name in states if name not in started]
     if not remaining:
         return None
-    total = len(states)
-    routed = sum(1 for state in states.values() if state in ROUTED_STATES)
     idle = [name for name in remaining if states[name] not in ROUTED_STATES]
-    if idle:
-        return idle[0]
-    if (total - routed) + 1 > max_unavailable:
-        down = ", ".join(f"{n} ({s.value})" for n, s in states.items() if s not in ROUTED_STATES)
-        return Blocked(
-            f"{routed} of {total} ready ({down}); taking {remaining[0]} out would leave "
-            f"{routed - 1}, below {total - max_unavailable}"
-        )
-    return remaining[0]
+    return idle[0] if idle else remaining[0]
