@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -198,10 +199,8 @@ class OffLoopCaller:
                 waiter.set_result(done.result())
 
         def on_done(done: concurrent.futures.Future[_T]) -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(settle, done)
-            except RuntimeError:  # the loop is closed
-                pass
 
         self.submit(fn).add_done_callback(on_done)
         return await asyncio.wait_for(waiter, timeout_s)
@@ -307,47 +306,51 @@ class NvmlGpuSource:
 
     def _sweep(self) -> tuple[list[GpuDevice], list[GpuProcess]]:
         nvml = self._ensure_init()
-        count = int(nvml.nvmlDeviceGetCount())
         devices: list[GpuDevice] = []
         processes: list[GpuProcess] = []
-        for index in range(count):
-            na: dict[str, str] = {}
-
-            def q(key: str, fn: Callable[[], _T], na: dict[str, str] = na) -> _T | None:
-                try:
-                    return fn()
-                except Exception as exc:  # noqa: BLE001 - each field fails alone
-                    na[key] = _reason(exc)
-                    return None
-
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            except Exception as exc:  # noqa: BLE001
-                reason = _reason(exc)
-                devices.append(GpuDevice(index, None, None, None, None, None, None, None, dict.fromkeys(
-                    ("name", "uuid", "total_mib", "used_mib", "util_pct", "temperature_c", "power_w",
-                     "processes"), reason)))
-                continue
-            name = q("name", lambda: _text(nvml.nvmlDeviceGetName(handle)))
-            uuid = q("uuid", lambda: _text(nvml.nvmlDeviceGetUUID(handle)))
-            mem = q("memory", lambda: self._memory(nvml, handle))
-            if mem is None:
-                na["total_mib"] = na["used_mib"] = na.pop("memory")
-            util = q("util_pct", lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-            temp = q("temperature_c",
-                     lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
-            power = q("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-            procs = q("processes", lambda: list(nvml.nvmlDeviceGetComputeRunningProcesses(handle)))
-            for p in procs or ():
-                used = getattr(p, "usedGpuMemory", None)
-                # pynvml maps NVML_VALUE_NOT_AVAILABLE to None; older ones leave 2**64-1
-                mib = None if used is None or int(used) >= 2**63 else int(used) // MIB
-                processes.append(GpuProcess(gpu_index=index, pid=int(p.pid), used_mib=mib))
-            devices.append(GpuDevice(
-                index=index, name=name, uuid=uuid,
-                total_mib=mem[0] if mem else None, used_mib=mem[1] if mem else None,
-                util_pct=util, temperature_c=temp, power_w=power, na=na))
+        for index in range(int(nvml.nvmlDeviceGetCount())):
+            device, held = self._device(nvml, index)
+            devices.append(device)
+            processes.extend(held)
         return devices, processes
+
+    def _device(self, nvml: Any, index: int) -> tuple[GpuDevice, list[GpuProcess]]:
+        """One device's fields; each one that fails is N/A with its reason."""
+        na: dict[str, str] = {}
+
+        def q(key: str, fn: Callable[[], _T]) -> _T | None:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - each field fails alone
+                na[key] = _reason(exc)
+                return None
+
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception as exc:  # noqa: BLE001
+            fields = ("name", "uuid", "total_mib", "used_mib", "util_pct", "temperature_c", "power_w",
+                      "processes")
+            return GpuDevice(index, None, None, None, None, None, None, None,
+                             dict.fromkeys(fields, _reason(exc))), []
+        name = q("name", lambda: _text(nvml.nvmlDeviceGetName(handle)))
+        uuid = q("uuid", lambda: _text(nvml.nvmlDeviceGetUUID(handle)))
+        mem = q("memory", lambda: self._memory(nvml, handle))
+        if mem is None:
+            na["total_mib"] = na["used_mib"] = na.pop("memory")
+        util = q("util_pct", lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+        temp = q("temperature_c", lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
+        power = q("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
+        running = q("processes", lambda: list(nvml.nvmlDeviceGetComputeRunningProcesses(handle)))
+        held = []
+        for p in running or ():
+            used = getattr(p, "usedGpuMemory", None)
+            # pynvml maps NVML_VALUE_NOT_AVAILABLE to None; older ones leave 2**64-1
+            mib = None if used is None or int(used) >= 2**63 else int(used) // MIB
+            held.append(GpuProcess(gpu_index=index, pid=int(p.pid), used_mib=mib))
+        device = GpuDevice(index=index, name=name, uuid=uuid,
+                           total_mib=mem[0] if mem else None, used_mib=mem[1] if mem else None,
+                           util_pct=util, temperature_c=temp, power_w=power, na=na)
+        return device, held
 
     # -- event loop side -----------------------------------------------------------------
 
@@ -365,7 +368,7 @@ class NvmlGpuSource:
         except CallHung as exc:
             self.degraded = True
             error = f"NVML degraded: a call hung ({exc}); not calling again until it returns"
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             if not self.degraded:
                 log.warning("NVML call took longer than %.1fs; GPU figures N/A until it returns", self.timeout_s)
             self.degraded = True
@@ -386,7 +389,7 @@ class NvmlGpuSource:
         """nvmlShutdown, unless NVML is hung or was never initialised."""
         if not self._initialized or self._caller.hung:
             return
-        nvml = self._nvml
+        nvml: Any = self._nvml
         try:
             await self._caller.call(lambda: nvml.nvmlShutdown(), self.timeout_s)
         except Exception as exc:  # noqa: BLE001
@@ -466,7 +469,7 @@ class SimGpuSource:
             log.debug("sim GPU sample failed: %s", exc)
         cards: dict[int, list[Mapping[str, Any]]] = {}
         processes: list[GpuProcess] = []
-        for url, data in zip(urls, replies):
+        for url, data in zip(urls, replies, strict=True):
             if data is None:
                 continue
             index = int(data["gpu_index"])
@@ -487,7 +490,11 @@ class SimGpuSource:
     @staticmethod
     def _card(index: int, reports: list[Mapping[str, Any]]) -> GpuDevice:
         na: dict[str, str] = {}
-        totals, used, util, temp, power = [], [], [], [], []
+        totals: list[float] = []
+        used: list[float] = []
+        util: list[float] = []
+        temp: list[float] = []
+        power: list[float] = []
         for r in reports:
             where = str(r["_url"])
             for key, bucket in (("total_mib", totals), ("used_mib", used), ("util_pct", util),
@@ -556,6 +563,6 @@ def make_gpu_source(kind: Literal["nvml", "sim", "auto"], *, sim_urls: Iterable[
 
 
 __all__ = [
-    "CallHung", "GpuDevice", "GpuProcess", "GpuSample", "GpuSource", "MIB", "NvmlGpuSource",
+    "MIB", "CallHung", "GpuDevice", "GpuProcess", "GpuSample", "GpuSource", "NvmlGpuSource",
     "NvmlUnavailable", "OffLoopCaller", "SimGpuSource", "attribute", "make_gpu_source", "nvml_available",
 ]

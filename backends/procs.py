@@ -32,7 +32,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,7 +222,7 @@ def _append_line(path: Path, line: str) -> None:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- spawn
@@ -376,6 +376,8 @@ def _descendants(pid: int, table: list[_Stat]) -> set[int]:
 
 def _info(pid: int, reason: str = "") -> ProcInfo | None:
     st = _read_stat(pid)
+    name: str
+    status: str
     try:
         proc = psutil.Process(pid)
         name = proc.name()
@@ -789,7 +791,7 @@ def discover_sglang_servers() -> list[DiscoveredServer]:
         if kind is not None:
             found[info["pid"]] = (proc, list(argv), kind)
     servers: list[DiscoveredServer] = []
-    for pid, (proc, argv, kind) in found.items():
+    for pid, (proc, argv, launcher) in found.items():
         ancestor, hops = parents.get(pid, 0), 0
         while ancestor > 1 and hops < 64 and ancestor not in found:
             ancestor, hops = parents.get(ancestor, 0), hops + 1
@@ -810,7 +812,7 @@ def discover_sglang_servers() -> list[DiscoveredServer]:
             pid=pid, identity=ident, argv=tuple(mask_argv(argv)),
             host=str(settings.get("host") or "127.0.0.1"), port=_as_port(settings.get("port")),
             model_path=str(model) if model is not None else None, cuda_visible_devices=cvd,
-            sim=(kind == "sim"), pgid=st.pgid if st else None, settings=settings))
+            sim=(launcher == "sim"), pgid=st.pgid if st else None, settings=settings))
     servers.sort(key=lambda s: s.identity.create_time)
     return servers
 

@@ -111,7 +111,7 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     (pkg / "__init__.py").write_text("import textual\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     proc = subprocess.run([sys.executable, "-c", _CHECK, "layer_probe"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "textual" in json.loads(proc.stdout.strip().splitlines()[-1])
     assert _forbidden("console.tui.app") and _forbidden("console.supervisor")

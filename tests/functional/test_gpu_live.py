@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -68,7 +69,7 @@ async def test_real_nvml_sample() -> None:
 
 
 class _Worker(BaseHTTPRequestHandler):
-    body: dict[str, object] = {}
+    body: ClassVar[dict[str, object]] = {}
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         data = json.dumps(self.body).encode() if self.path == "/_sim/gpu" else b"{}"

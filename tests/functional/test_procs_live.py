@@ -7,6 +7,7 @@ fixture and is killed at teardown by its recorded, re-verified identity.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,15 +72,11 @@ class Spawned:
             # leader pid is free (then the group can only be the old one)
             state, _ = procs._match(ident)
             if state in ("alive", "zombie", "gone"):
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(ident.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
         for proc in self.extra:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()  # psutil checks create_time first
-            except psutil.NoSuchProcess:
-                pass
         deadline = time.monotonic() + 5
         for ident in self.identities:
             while procs.returncode(ident) is None and ident.pid in procs._CHILDREN and time.monotonic() < deadline:

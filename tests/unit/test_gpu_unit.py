@@ -103,7 +103,7 @@ class NVMLError(Exception):
     pass
 
 
-class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801 - pynvml's naming
+class NVMLError_FunctionNotFound(NVMLError):  # pynvml's class naming
     pass
 
 

@@ -12,7 +12,6 @@ import pytest
 from backends import procs
 from backends.procs import ProcessIdentity
 
-
 M = "********"
 
 
