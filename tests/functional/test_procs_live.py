@@ -127,6 +127,8 @@ async def test_group_stop_takes_grandchild(spawned: Spawned, tmp_path: Path) -> 
     grandchild = int(_wait_file(tmp_path / "g"))
     assert procs.verify(ident)
     assert procs.group_pids(ident) == {ident.pid, grandchild}
+    assert procs.group_pids_many({"w": ident}) == {"w": {ident.pid, grandchild}}
+    assert await procs.group_pids_many_async({"w": ident}) == {"w": {ident.pid, grandchild}}
     assert os.getpgid(grandchild) == ident.pid  # own group, led by the worker
 
     result = await procs.stop_group(ident, grace_s=10)
@@ -243,6 +245,7 @@ async def test_orphans_after_leader_death_are_found_and_stopped(spawned: Spawned
     assert orphans[0].pgid == ident.pid and orphans[0].ppid != ident.pid
     assert [o.pid for o in procs.find_orphans(ident.pid)] == [grandchild]
     assert procs.group_pids(ident) == {grandchild}
+    assert procs.group_pids_many({"old": ident}) == {"old": {grandchild}}
 
     result = await procs.stop_group(ident, grace_s=5)
 
