@@ -351,7 +351,7 @@ def groups(procs: ProcessGroups) -> ProcessGroups:
     return procs
 
 
-def test_discovery_finds_launchers_only(groups: ProcessGroups, tmp_path: Path) -> None:
+async def test_discovery_finds_launchers_only(groups: ProcessGroups, tmp_path: Path) -> None:
     pkg = tmp_path / "pkgs"
     for name in ("sglang", "backends", "backends/sim"):
         (pkg / name).mkdir(parents=True)
@@ -389,12 +389,7 @@ def test_discovery_finds_launchers_only(groups: ProcessGroups, tmp_path: Path) -
     assert a.pgid == real.pid
     assert (b.port, b.model_path, b.sim, b.cuda_visible_devices) == (port_b, "sim-model", True, None)
     assert b.url == f"http://127.0.0.1:{port_b}"
-
-
-async def test_discovery_async_wrapper_matches() -> None:
-    # nothing of ours is running: both forms agree on the same box state
-    sync = {s.pid for s in procs.discover_sglang_servers()}
-    assert {s.pid for s in await procs.discover_sglang_servers_async()} == sync
+    assert {real.pid, sim.pid} <= {s.pid for s in await procs.discover_sglang_servers_async()}
 
 
 # --------------------------------------------------------------------------- ports
