@@ -528,7 +528,8 @@ class _Stopper:
         pids: set[int] = set()
         if self.pgid is not None:
             pids |= {s.pid for s in _members(self.pgid, table)}
-        if self.identity.pid in self.tracked:
+        leader = self.tracked.get(self.identity.pid)
+        if leader is not None and leader.is_running():  # is_running: same create_time
             pids |= _descendants(self.identity.pid, table)
         for pid in pids - self.tracked.keys():
             if not _born_after(pid, self.identity.create_time):
