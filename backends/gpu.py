@@ -142,23 +142,23 @@ class CallHung(RuntimeError):
 class OffLoopCaller:
     """Runs blocking calls one at a time on a dedicated daemon thread, with a timeout.
 
-    A call that outlives its timeout keeps the thread; until it returns, `call`
-    raises `CallHung` at once instead of queueing more work behind it. The thread is
-    a daemon so a wedged driver call cannot block interpreter exit.
+    Calls queue in order. A call that outlives its timeout keeps the thread; until
+    it returns, `call` raises `CallHung` at once instead of queueing more work behind
+    it. The thread is a daemon so a wedged driver call cannot block interpreter exit.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._busy: concurrent.futures.Future[Any] | None = None
-        self._busy_since = 0.0
+        self._stuck: concurrent.futures.Future[Any] | None = None
+        self._stuck_since = 0.0
         self._lock = threading.Lock()
 
     @property
     def hung(self) -> bool:
-        """A timed-out call is still running."""
-        return self._busy is not None and not self._busy.done()
+        """A call that timed out is still running."""
+        return self._stuck is not None and not self._stuck.done()
 
     def _run(self) -> None:
         while True:
@@ -171,15 +171,14 @@ class OffLoopCaller:
                 fut.set_exception(exc)
 
     def submit(self, fn: Callable[[], _T]) -> concurrent.futures.Future[_T]:
-        """Queue `fn` (raises `CallHung` while an earlier call has not returned)."""
+        """Queue `fn` (raises `CallHung` while a timed-out call has not returned)."""
         with self._lock:
             if self.hung:
-                raise CallHung(time.monotonic() - self._busy_since)
+                raise CallHung(time.monotonic() - self._stuck_since)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             fut: concurrent.futures.Future[_T] = concurrent.futures.Future()
-            self._busy, self._busy_since = fut, time.monotonic()
             self._jobs.put((fn, fut))
             return fut
 
@@ -202,8 +201,16 @@ class OffLoopCaller:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(settle, done)
 
-        self.submit(fn).add_done_callback(on_done)
-        return await asyncio.wait_for(waiter, timeout_s)
+        fut = self.submit(fn)
+        submitted = time.monotonic()
+        fut.add_done_callback(on_done)
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            with self._lock:
+                if not fut.done() and not self.hung:
+                    self._stuck, self._stuck_since = fut, submitted
+            raise
 
 
 # --------------------------------------------------------------------------- NVML

@@ -85,6 +85,18 @@ async def test_caller_times_out_and_does_not_pile_up() -> None:
     assert await caller.call(lambda: 42, 1.0) == 42  # recovered on the same thread
 
 
+async def test_caller_serves_concurrent_calls_in_turn() -> None:
+    caller = gpu.OffLoopCaller("test-caller")
+
+    def slow(value: int) -> int:
+        time.sleep(0.05)
+        return value
+
+    results = await asyncio.gather(*(caller.call(lambda v=v: slow(v), 5.0) for v in range(3)))
+    assert results == [0, 1, 2]
+    assert not caller.hung
+
+
 async def test_caller_propagates_exceptions() -> None:
     caller = gpu.OffLoopCaller("test-caller")
 
