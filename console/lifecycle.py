@@ -47,10 +47,10 @@ from console.model import WorkerState
 from console.policy import (
     ROUTED_STATES,
     CrashLoopDetector,
+    DrainVerdict,
     ExitClass,
     LifecyclePolicy,
     RestartBackoff,
-    DrainVerdict,
     classify_exit,
     drain_verdict,
     is_slow,
@@ -234,7 +234,7 @@ class WorkerLifecycle:
             raise ValueError(f"initial state must be stopped, starting or unmanaged, not {initial}")
         self.worker = worker
         self.policy = policy or LifecyclePolicy()
-        self._state = initial
+        self._state: WorkerState = initial
         self._since = now
         self._reason = "created"
         self.registered = False

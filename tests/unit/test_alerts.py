@@ -3,7 +3,9 @@ ticks, hysteresis, per-worker labels, built-in rules, silences, auto-remediation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -25,14 +27,14 @@ TICK = 15.0
 SEED = "gpu_mem_high_and_slow"
 
 
-def hot(worker: str = "w1", gpu: int | None = 0, **kw: object) -> WorkerFacts:
+def hot(worker: str = "w1", gpu: int | None = 0, **kw: Any) -> WorkerFacts:
     """Facts that make the seed rule true (GPU memory 95 %, P95 1.5 s)."""
     base = WorkerFacts(worker=worker, gpu=gpu, state=S.READY, down=False, gpu_mem_pct=95.0,
                        p95_s=1.5, failures_in_window=0, cosine=1.0, stale_metrics=False)
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return replace(base, **kw)
 
 
-def calm(worker: str = "w1", **kw: object) -> WorkerFacts:
+def calm(worker: str = "w1", **kw: Any) -> WorkerFacts:
     return hot(worker, gpu_mem_pct=50.0, p95_s=0.05, **kw)
 
 
@@ -40,7 +42,8 @@ def only(transitions: list[AlertTransition], rule: str) -> list[tuple[A, A, floa
     return [(t.source, t.target, t.at) for t in transitions if t.alert.rule == rule]
 
 
-def run(engine: AlertEngine, start: float, end: float, facts, rule: str = SEED
+def run(engine: AlertEngine, start: float, end: float,
+        facts: Callable[[float], list[WorkerFacts]], rule: str = SEED
         ) -> list[tuple[A, A, float]]:
     """Evaluate every TICK from `start` to `end` inclusive; `facts(t)` gives the facts."""
     out: list[tuple[A, A, float]] = []

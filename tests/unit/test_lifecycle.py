@@ -10,12 +10,12 @@ import pytest
 from console.lifecycle import (
     ALLOWED,
     Action,
-    ActionKind as K,
     Decision,
     IllegalTransition,
-    LifecycleAlert as LA,
     WorkerLifecycle,
 )
+from console.lifecycle import ActionKind as K
+from console.lifecycle import LifecycleAlert as LA
 from console.model import WorkerState as S
 from console.policy import LifecyclePolicy
 
@@ -721,16 +721,21 @@ def _in_state(state: S) -> W:
     return w
 
 
-REACHABLE = [s for s in S if s is not S.CRASHED]  # CRASHED is momentary
+REACHABLE: list[S] = [s for s in S if s is not S.CRASHED]  # CRASHED is momentary
+
+
+def _all_but(*excluded: S) -> set[S]:
+    return {s for s in REACHABLE if s not in excluded}
+
 
 LEGAL: dict[str, set[S]] = {
     "start": {S.STOPPED, S.FAILED},
     "begin_drain": {S.READY, S.DEGRADED, S.EJECTED},
     "undrain": {S.DRAINING, S.DRAINED},
-    "begin_stop": set(REACHABLE) - {S.STOPPED, S.STOPPING, S.UNMANAGED},
+    "begin_stop": _all_but(S.STOPPED, S.STOPPING, S.UNMANAGED),
     "kill": {S.STARTING, S.READY, S.DEGRADED, S.EJECTED, S.RESTARTING, S.DRAINING,
              S.DRAINED, S.STOPPING},
-    "begin_restart": set(REACHABLE) - {S.RESTARTING, S.STOPPING, S.UNMANAGED},
+    "begin_restart": _all_but(S.RESTARTING, S.STOPPING, S.UNMANAGED),
     "adopt": {S.UNMANAGED},
 }
 

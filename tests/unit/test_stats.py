@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import pytest
 
@@ -81,7 +83,7 @@ def test_sample_window_out_of_order_and_min_count() -> None:
 EDGES = [0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, INF]  # SGLang's default e2e edges up to 2 s
 
 
-def cum(counts: list[float]) -> list[tuple[float, float]]:
+def cum(counts: Sequence[float]) -> list[tuple[float, float]]:
     """Per-bucket counts → cumulative (le, count) buckets on EDGES."""
     out, running = [], 0.0
     for le, c in zip(EDGES, counts):
@@ -147,7 +149,7 @@ A = [50, 20, 10, 5, 5, 4, 4, 2]  # observations in the first 10 s (total 100)
 B = [0, 0, 10, 10, 10, 10, 40, 20]  # observations after a restart (total 100)
 
 
-def add(x: list[tuple[float, float]], per_bucket: list[float]) -> list[tuple[float, float]]:
+def add(x: list[tuple[float, float]], per_bucket: Sequence[float]) -> list[tuple[float, float]]:
     extra = cum(per_bucket)
     return [(le, c + e) for (le, c), (_, e) in zip(x, extra)]
 
@@ -260,7 +262,8 @@ def test_counter_rate_instance_and_progress() -> None:
 # ------------------------------------------------------------------ leak trend
 
 
-def feed(trend: LeakTrend, start: float, end: float, value, rng: random.Random,
+def feed(trend: LeakTrend, start: float, end: float, value: Callable[[float], float],
+         rng: random.Random,
          step: tuple[float, float] = (10.0, 20.0)) -> float:
     """Irregular samples (10–20 s apart) from `start` to `end`; returns the last time."""
     t = start
@@ -296,12 +299,16 @@ def test_leak_slope_and_time_to_full() -> None:
     assert time_to_full_s(60000.0, 81559.0, got) == pytest.approx(43118.0, rel=0.02)
 
 
+def _noisy_flat(noise: random.Random, t: float) -> float:
+    return 20000.0 + noise.gauss(0, 300)
+
+
 def test_leak_noisy_flat_gives_none() -> None:
     for seed in range(10):
         rng = random.Random(100 + seed)
         noise = random.Random(200 + seed)
         trend = LeakTrend()
-        feed(trend, 0.0, 3600.0, lambda t: 20000.0 + noise.gauss(0, 300), rng)
+        feed(trend, 0.0, 3600.0, partial(_noisy_flat, noise), rng)
         assert trend.leak_slope(3600.0) is None, seed
 
 
