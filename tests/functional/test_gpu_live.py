@@ -146,7 +146,8 @@ async def test_sim_source_reads_real_sim_worker(groups: ProcessGroups, tmp_path:
         [sys.executable, "-m", "backends.sim.worker", "--model-path", "sim-qwen3", "--is-embedding",
          "--host", "127.0.0.1", "--port", str(port), "--sim-load-s", "0.1", "--sim-warmup-s", "0.1",
          "--sim-gpu-mib", "40960", "--sim-weights-mib", "7680"],
-        env={"CUDA_VISIBLE_DEVICES": "1"}, log=tmp_path / "sim.log")
+        env={"CUDA_VISIBLE_DEVICES": "1", "EMBEDOPS_SIM_GPU_DIR": str(tmp_path / "gpus")},
+        log=tmp_path / "sim.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_sim/gpu", timeout=60)
     src = gpu.SimGpuSource([url])

@@ -8,6 +8,7 @@ fixture and is killed at teardown by its recorded, re-verified identity.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ import pytest
 from backends import procs
 from backends.procs import ProcessIdentity
 from console.model import LaunchCommand
-from tests.conftest import ProcessGroups, free_port
+from tests.conftest import ProcessGroups, free_port, wait_http
 
 PY = sys.executable
 
@@ -452,3 +453,47 @@ def test_retitled_worker_still_verifies(spawned: Spawned, tmp_path: Path) -> Non
     assert psutil.Process(ident.pid).cmdline()[0] == "sglang::http_server/tokenizer_manager"
     assert procs.verify(ident)  # pid + start time still pin it
     assert not procs.verify(ProcessIdentity(ident.pid, ident.create_time - 5, ident.cmdline_hash))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("backends.sim.worker") is None,
+                    reason="backends.sim.worker not written yet (sim engineer)")
+async def test_real_sim_worker_discovered_and_stopped_with_its_orphan(spawned: Spawned, tmp_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    cmd = LaunchCommand(
+        argv=(PY, "-m", "backends.sim.worker", "--model-path", "sim-qwen3", "--is-embedding",
+              "--host", "127.0.0.1", "--port", str(port), "--sim-load-s", "0.1", "--sim-warmup-s", "0.1",
+              "--api-key", "sk-SECRET"),
+        env={"EMBEDOPS_SIM_GPU_DIR": str(tmp_path / "gpus"), "CUDA_VISIBLE_DEVICES": "2"})
+    ident = procs.spawn_detached(cmd, tmp_path / "sim.log", cwd=Path(__file__).resolve().parents[2])
+    spawned.identities.append(ident)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/_sim/gpu", timeout=60)
+
+    (found,) = [s for s in procs.discover_sglang_servers() if s.pid == ident.pid]
+    assert found.sim and found.port == port and found.cuda_visible_devices == "2"
+    assert found.identity == ident
+    titles = {psutil.Process(p).name() for p in procs.group_pids(ident)}
+    assert {"sglang::scheduler", "sglang::detokenizer"} <= titles
+
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{url}/_sim/faults", json={"orphan_child": True})
+        assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    orphan = None
+    while orphan is None and time.monotonic() < deadline:
+        orphan = next((p for p in procs.group_pids(ident)
+                       if psutil.Process(p).name() == "sglang::scheduler_orphan"), None)
+        time.sleep(0.05)
+    assert orphan is not None, (tmp_path / "sim.log").read_text()[-2000:]
+    spawned.track(orphan)
+    assert orphan not in {c.pid for c in psutil.Process(ident.pid).children(recursive=True)}
+
+    result = await procs.stop_group(ident, grace_s=3)
+
+    assert result.escalated  # the orphan ignores SIGTERM
+    assert result.clean, result
+    assert result.exit_code is not None
+    assert not _alive(orphan)
+    assert procs.group_pids(ident) == set()
