@@ -348,9 +348,7 @@ class CounterRate:
             last_total = self._points[-1][1] if self._points else 0.0
             inc = value if (reset or changed or value < self._raw) else value - self._raw
             total = last_total + inc
-        if self._points and total > self._points[-1][1]:
-            self.last_increase_at = now
-        elif self._raw is None and total > 0:
+        if self._points and total > self._points[-1][1] or self._raw is None and total > 0:
             self.last_increase_at = now
         self._raw = value
         self._points.append((now, total))
@@ -479,13 +477,19 @@ class LeakTrend:
                      fitted_now_mib=intercept + slope * t_last)
 
     def leak_slope(self, now: float) -> float | None:
-        """Growth in MiB/s when it is a real upward trend (see the class doc), else None."""
+        """Growth in **MiB/s** when it is a real upward trend (see the class doc), else
+        None. Pass it straight to `time_to_full_s`."""
         trend = self.fit(now)
         if trend is None or trend.samples < self.min_samples or trend.span_s < self.min_span_s:
             return None
         if trend.slope_mib_per_h < self.min_slope_mib_per_h or trend.t_stat < self.min_t:
             return None
         return trend.slope_mib_per_s
+
+    def leak_slope_mib_per_h(self, now: float) -> float | None:
+        """`leak_slope` in MiB per hour (for display)."""
+        slope = self.leak_slope(now)
+        return None if slope is None else slope * 3600.0
 
 
 def time_to_full_s(used_mib: float, total_mib: float, slope_mib_per_s: float | None) -> float | None:

@@ -294,6 +294,7 @@ def test_leak_slope_and_time_to_full() -> None:
     assert got == pytest.approx(slope, rel=0.02)
     fit = trend.fit(3600.0)
     assert fit is not None and fit.slope_mib_per_h == pytest.approx(1800, rel=0.02)
+    assert trend.leak_slope_mib_per_h(3600.0) == pytest.approx(got * 3600.0)  # type: ignore[operator]
     # Card of 81559 MiB with 60000 used: (81559 − 60000) / 0.5 = 43118 s ≈ 12 h.
     assert time_to_full_s(60000.0, 81559.0, slope) == pytest.approx(43118.0)
     assert time_to_full_s(60000.0, 81559.0, got) == pytest.approx(43118.0, rel=0.02)
