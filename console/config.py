@@ -656,6 +656,13 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _missing(tp: Any, key: str) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return f"at least one [[{key}]] entry is required"
+    return "is required"
+
+
 def _toml_key(f: dataclasses.Field[Any]) -> str:
     return f.metadata.get("key") or f.name
 
@@ -702,7 +709,7 @@ class _Builder:
                         and f.default_factory is dataclasses.MISSING)
             if key not in table:
                 if required:
-                    self.problem(fpath, "is required")
+                    self.problem(fpath, _missing(hints[f.name], key))
                     kwargs[f.name] = self._placeholder(hints[f.name], fpath)
                 continue
             good, value = self.coerce(table[key], hints[f.name], fpath)
@@ -867,6 +874,7 @@ class _Validator:
         self.catalogue = catalogue
         self.builder = _Builder()
         self.warnings: list[Problem] = []
+        self.python: str | None = None  # sglang.python, found on PATH
 
     def problem(self, path: str, reason: str) -> None:
         self.builder.problem(path, reason)
@@ -956,11 +964,11 @@ class _Validator:
         repo_id = bool(_REPO_ID.fullmatch(expanded)) and not expanded.startswith(".")
         if repo_id and self._in_hf_cache(expanded):
             return expanded
-        reason = f"{local} does not exist"
         if repo_id:
-            reason += (" (nor is it a model in the local Hugging Face cache; workers run with "
-                       "HF_HUB_OFFLINE=1)")
-        self.problem("model.path", reason)
+            self.problem("model.path", f"{value!r} is neither a directory ({local}) nor a model "
+                         "in the local Hugging Face cache (workers run with HF_HUB_OFFLINE=1)")
+        else:
+            self.problem("model.path", f"{local} does not exist")
         return None
 
     def _in_hf_cache(self, repo: str) -> bool:
@@ -998,6 +1006,7 @@ class _Validator:
         self._check_restart(cfg)
         self._check_alerts(cfg)
         self._check_buckets(cfg)
+        self._check_python(cfg)
         catalogue = self._catalogue(cfg)
         cfg = dataclasses.replace(cfg, catalogue=catalogue)
         self._check_flags(cfg, catalogue)
@@ -1086,6 +1095,7 @@ class _Validator:
         d = cfg.defaults
         if d.api_key_env and d.api_key_file:
             self.problem("defaults.api_key_file", "set only one of api_key_env and api_key_file")
+            return
         for i, w in enumerate(cfg.workers):
             if w.api_key_env and w.api_key_file:
                 self.problem(f"workers[{i}].api_key_file",
@@ -1192,6 +1202,8 @@ class _Validator:
             self.problem(path, "needs at least one edge")
             return
         for i, e in enumerate(edges):
+            if self.bad(f"{path}[{i}]") or (i and self.bad(f"{path}[{i - 1}]")):
+                continue
             if e <= 0:
                 self.problem(f"{path}[{i}]", f"{e:g} must be greater than 0")
             elif i and e <= edges[i - 1]:
@@ -1210,12 +1222,9 @@ class _Validator:
             return self.catalogue
         if cfg.engine == Engine.SIM:
             return FlagCatalogue.sim(cfg.sim.sglang_version)
-        python = sys.executable
-        if cfg.sglang.python is not None and not self.bad("sglang.python"):
-            found = self._python(cfg.sglang.python)
-            if found is None:
-                return FlagCatalogue.builtin(cfg.sglang.version)
-            python = found
+        python = self.python or sys.executable
+        if self.bad("sglang.python", "engine"):
+            return FlagCatalogue.builtin(cfg.sglang.version)
         version = installed_version(python, dict(cfg.sglang.env) or None)
         if version is None:
             cat = FlagCatalogue.builtin(cfg.sglang.version)
@@ -1234,17 +1243,20 @@ class _Validator:
                   "--sglang-help` once to read SGLang's own --help")
         return cat
 
-    def _python(self, python: str) -> str | None:
+    def _check_python(self, cfg: FleetConfig) -> None:
+        python = cfg.sglang.python
+        if cfg.engine != Engine.SGLANG or python is None or self.bad("sglang.python"):
+            return
         expanded = self._expand(python, "sglang.python")
         if expanded is None:
-            return None
+            return
         if os.sep in expanded:
             found = expanded if os.access(expanded, os.X_OK) and Path(expanded).is_file() else None
         else:
             found = shutil.which(expanded, path=self.environ.get("PATH"))
         if found is None:
             self.problem("sglang.python", f"{python!r} is not an executable interpreter")
-        return found
+        self.python = found
 
     def _check_flags(self, cfg: FleetConfig, catalogue: FlagCatalogue) -> None:
         lists = [("defaults.extra_args", cfg.defaults.extra_args)]
