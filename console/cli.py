@@ -144,13 +144,23 @@ SUBCOMMANDS: list[Subcommand] = [
 ]
 
 
+def _fleet_commands() -> list[Subcommand]:
+    from console import commands
+
+    def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: commands.run_guarded(run, args)
+
+    return [Subcommand(name, help_, add, guarded(run))
+            for name, help_, add, run in commands.COMMANDS]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `embedops` argument parser with every subcommand of `SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="embedops",
         description="Operations console for fleets of SGLang embedding workers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for cmd in SUBCOMMANDS:
+    for cmd in [*SUBCOMMANDS, *_fleet_commands()]:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run)

@@ -1,0 +1,226 @@
+"""What the supervisor knows about one worker between ticks.
+
+A `WorkerRuntime` bundles the worker's spec, its lifecycle, its process identity and
+the statistics folded from probes, scrapes and GPU samples. It does no I/O itself:
+the supervisor feeds it observations (`fold_probe`, `fold_metrics`, `fold_gpu`) and
+reads facts and snapshot rows from it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from backends.procs import ProcessIdentity
+from backends.promtext import MetricsSnapshot
+from backends.sglang_client import ProbeResult, cosine
+from console.alerts import WorkerFacts
+from console.lifecycle import WorkerLifecycle
+from console.model import WorkerSpec, WorkerState
+from console.stats import (
+    CounterRate,
+    HistogramWindow,
+    LeakTrend,
+    SampleWindow,
+    StaleDetector,
+    time_to_full_s,
+)
+
+E2E = "sglang:e2e_request_latency_seconds"
+REQUESTS = "sglang:num_requests_total"
+RUNNING = "sglang:num_running_reqs"
+QUEUED = "sglang:num_queue_reqs"
+RESPONSES = "sglang:http_responses_total"
+
+SERIES_STEP_S = 5.0
+"""Spacing of the plot series points."""
+SERIES_KEEP_S = 3 * 3600.0
+"""How much plot history is kept per worker."""
+
+
+@dataclass
+class ActionProgress:
+    """An operator action running on a worker, as shown on its row."""
+
+    action_id: str
+    name: str
+    started_at: float
+    """Wall-clock seconds."""
+    progress: str = ""
+
+
+@dataclass
+class WorkerRuntime:
+    """One worker: spec, lifecycle, process, and folded observations."""
+
+    spec: WorkerSpec
+    """The arguments the current (or next) generation runs with."""
+    lifecycle: WorkerLifecycle
+    config_spec: WorkerSpec | None = None
+    """What the config file says (None for adopted/added workers): drift is spec vs this."""
+    managed: bool = True
+    identity: ProcessIdentity | None = None
+    raw_argv: tuple[str, ...] | None = None
+    """Verbatim argv to relaunch with (adopted servers keep their own command line)."""
+    previous_spec: WorkerSpec | None = None
+    """Arguments to roll back to while a retune is on trial."""
+    warnings: list[str] = field(default_factory=list)
+    started_wall: float | None = None
+    action: ActionProgress | None = None
+    stop_in_progress: bool = False
+    # folded observations
+    probe_window: SampleWindow = field(default_factory=lambda: SampleWindow(300.0, 10.0))
+    latency: HistogramWindow = field(default_factory=HistogramWindow)
+    rate: CounterRate = field(default_factory=lambda: CounterRate(30.0))
+    errors_rate: CounterRate = field(default_factory=lambda: CounterRate(300.0))
+    leak: LeakTrend = field(default_factory=LeakTrend)
+    stale: StaleDetector = field(default_factory=StaleDetector)
+    running: int | None = None
+    queued: int | None = None
+    completions: float | None = None
+    completions_at_last_probe: float | None = None
+    errors_total: float | None = None
+    last_probe: ProbeResult | None = None
+    reference_vector: tuple[float, ...] | None = None
+    cosine: float | None = None
+    gpu_mem_mib: int | None = None
+    gpu_card_total_mib: int | None = None
+    gpu_card_used_mib: int | None = None
+    metrics_at: float | None = None
+    gpu_at: float | None = None
+    series: deque[tuple[float, float | None, float | None, float | None, float | None]] = field(
+        default_factory=lambda: deque(maxlen=int(SERIES_KEEP_S / SERIES_STEP_S)))
+    """(wall time, p50 ms, p95 ms, req/s, GPU MiB) every `SERIES_STEP_S`."""
+
+    @property
+    def name(self) -> str:
+        """Worker name."""
+        return self.spec.name
+
+    @property
+    def state(self) -> WorkerState:
+        """Lifecycle state."""
+        return self.lifecycle.state
+
+    # ------------------------------------------------------------------ folding
+
+    def new_generation(self, now: float) -> None:
+        """A new process generation starts: per-process observations start over."""
+        self.reference_vector = None
+        self.cosine = None
+        self.completions = None
+        self.completions_at_last_probe = None
+        self.leak.mark_restart(now)
+        self.started_wall = time.time()
+
+    def fold_probe(self, now: float, result: ProbeResult) -> bool:
+        """Record a probe; returns whether completions progressed since the previous one."""
+        self.last_probe = result
+        if result.ok:
+            self.probe_window.add(now, result.latency_s)
+            if result.vector is not None:
+                if self.reference_vector is None:
+                    self.reference_vector = result.vector
+                else:
+                    self.cosine = cosine(self.reference_vector, result.vector)
+        progressed = (self.completions is not None and self.completions_at_last_probe is not None
+                      and self.completions > self.completions_at_last_probe)
+        self.completions_at_last_probe = self.completions
+        return progressed
+
+    def fold_metrics(self, now: float, metrics: MetricsSnapshot) -> None:
+        """Fold one `/metrics` scrape."""
+        self.metrics_at = now
+        running = metrics.value(RUNNING)
+        queued = metrics.value(QUEUED)
+        self.running = None if running is None else int(running)
+        self.queued = None if queued is None else int(queued)
+        hist = metrics.histogram(E2E)
+        instance = self.identity.pid if self.identity else None
+        if hist is not None:
+            self.latency.observe(now, hist.buckets, instance=instance)
+            self.completions = hist.count
+        requests = metrics.value(REQUESTS)
+        if requests is not None:
+            self.rate.observe(now, requests, instance=instance)
+            if self.completions is None:
+                self.completions = requests
+        errors = sum(s.value for s in metrics.samples(RESPONSES)
+                     if str(s.labels.get("status_code", s.labels.get("code", ""))).startswith("5"))
+        self.errors_rate.observe(now, errors, instance=instance)
+        self.errors_total = errors
+        if self.completions is not None:
+            self.stale.observe(now, self.completions, (self.running or 0) + (self.queued or 0))
+
+    def fold_gpu(self, now: float, used_mib: int | None, card_used: int | None,
+                 card_total: int | None) -> None:
+        """Fold this worker's GPU memory and its card's totals."""
+        self.gpu_at = now
+        self.gpu_mem_mib = used_mib
+        self.gpu_card_used_mib = card_used
+        self.gpu_card_total_mib = card_total
+        if used_mib is not None:
+            self.leak.observe(now, float(used_mib))
+
+    # ------------------------------------------------------------------ reading
+
+    def percentiles_ms(self, now: float) -> tuple[float | None, float | None, str]:
+        """(P50, P95) in ms and their source: worker histogram deltas, else probe samples."""
+        if self.latency.count(now) >= 1:
+            p50 = self.latency.quantile(0.5, now)
+            p95 = self.latency.quantile(0.95, now)
+            if p95 is not None:
+                return _ms(p50), _ms(p95), "histogram"
+        pcts = self.probe_window.percentiles((0.5, 0.95), now)
+        if pcts[0.95] is not None:
+            return _ms(pcts[0.5]), _ms(pcts[0.95]), "probe"
+        return None, None, "none"
+
+    def leak_figures(self, now: float) -> tuple[float | None, float | None]:
+        """(slope MiB/h, seconds until the card is full) when memory is growing."""
+        slope_s = self.leak.leak_slope(now)
+        if slope_s is None:
+            return None, None
+        if self.gpu_card_used_mib is None or self.gpu_card_total_mib is None:
+            return slope_s * 3600.0, None
+        return slope_s * 3600.0, time_to_full_s(self.gpu_card_used_mib, self.gpu_card_total_mib,
+                                                slope_s)
+
+    def facts(self, now: float, *, stale_after_s: float) -> WorkerFacts:
+        """The alert engine's view of this worker now."""
+        status = self.lifecycle.status(now)
+        _, p95, _ = self.percentiles_ms(now)
+        missing: list[str] = []
+        if self.lifecycle.probing:
+            if self.metrics_at is None or now - self.metrics_at > stale_after_s:
+                missing.append("metrics")
+        gpu_pct = None
+        if self.gpu_card_used_mib is not None and self.gpu_card_total_mib:
+            gpu_pct = 100.0 * self.gpu_card_used_mib / self.gpu_card_total_mib
+        slope, ttf = self.leak_figures(now)
+        return WorkerFacts(
+            worker=self.name, gpu=self.spec.gpu, state=status.state, down=status.down,
+            failed_reason=status.failed_reason, gpu_mem_pct=gpu_pct,
+            p95_s=None if p95 is None else p95 / 1000.0,
+            failures_in_window=status.failures_in_window, leak_ttf_s=ttf,
+            leak_slope_mib_per_h=slope, cosine=self.cosine,
+            radix_cache_disabled="--disable-radix-cache" in self.spec.extra_args,
+            stale_metrics=self.stale.stale() if self.lifecycle.probing else None,
+            missing=tuple(missing),
+        )
+
+    def record_series(self, now: float, wall: float) -> None:
+        """Append a plot point when `SERIES_STEP_S` has passed since the last one."""
+        if self.series and wall - self.series[-1][0] < SERIES_STEP_S:
+            return
+        p50, p95, _ = self.percentiles_ms(now)
+        rps = self.rate.rate(now)
+        self.series.append((wall, p50, p95, rps, self.gpu_mem_mib))
+
+
+def _ms(seconds: float | None) -> float | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(seconds * 1000.0, 2)

@@ -1,0 +1,879 @@
+"""The supervisor: one per fleet, owns the workers and the balancer.
+
+It applies the pure rules (`lifecycle`, `policy`, `alerts`, `stats`) to the world
+through the backends: it spawns and adopts workers, probes and scrapes them
+concurrently, watches for exits, drives the balancer, samples GPU memory, evaluates
+alerts, writes the state file and the audit log, and carries out operator actions.
+Clients reach it through `console.api` on the control socket.
+
+Every worker has its own probe task (one slow worker never delays another's probe);
+one task scrapes all workers concurrently; one watches exits every 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backends import procs
+from backends.balancer import Balancer, adopt_balancer, create_balancer
+from backends.balancer_nginx import NginxSettings
+from backends.balancer_router import RouterSettings
+from backends.gpu import GpuSample, GpuSource, SimGpuSource, attribute, make_gpu_source
+from backends.sglang import effect_warnings, mask_argv
+from backends.sglang_client import SglangClient
+from console.alerts import AlertEngine, AlertSettings, AlertTransition, WorkerFacts
+from console.alert_rules import rules_from_config
+from console.audit import AuditLog
+from console.config import FleetConfig
+from console.lifecycle import ActionKind, Decision, IllegalTransition, WorkerLifecycle
+from console.model import Engine, Event, LaunchCommand, WorkerSpec, WorkerState
+from console.policy import BackoffPolicy, CrashLoopPolicy, LifecyclePolicy, probe_timeout_s
+from console.runtime import ActionProgress, WorkerRuntime
+from console.statedir import StateDir
+
+log = logging.getLogger("embedops.supervisor")
+
+VERSION = "0.1.0"
+EXIT_POLL_S = 0.1
+SCRAPE_S = 1.0
+GPU_S = 1.0
+TICK_S = 0.2
+DISCOVER_S = 15.0
+EVENTS_KEPT = 500
+LOG_TAIL_BYTES = 16 * 1024
+
+S = WorkerState
+
+CONFIG_ERROR_MARKERS: tuple[tuple[str, str], ...] = (
+    ("Not enough memory", "not enough GPU memory at start: raise --mem-fraction-static"),
+    ("OutOfMemoryError", "CUDA out of memory at start: lower --mem-fraction-static"),
+    ("CUDA out of memory", "CUDA out of memory at start: lower --mem-fraction-static"),
+    ("unrecognized arguments", "SGLang rejected a flag (unrecognized arguments)"),
+    ("ambiguous option", "SGLang rejected a flag (ambiguous option)"),
+    ("Address already in use", "port already in use"),
+)
+"""Log lines that make a failed start a configuration error (no restart loop)."""
+
+
+def lifecycle_policy(cfg: FleetConfig) -> LifecyclePolicy:
+    """The lifecycle rules configured in `cfg`."""
+    r, p = cfg.restart, cfg.probe
+    return LifecyclePolicy(
+        eject_after_failures=p.eject_after_failures,
+        readmit_after_successes=p.readmit_after_successes,
+        restart_after_failures=p.restart_after_failures,
+        slow_probe_s=p.slow_s,
+        startup_budget_s=cfg.startup_timeout_s,
+        drain_timeout_s=r.drain_timeout_s,
+        backoff=BackoffPolicy(base_s=r.backoff_base_s, factor=r.backoff_factor,
+                              cap_s=r.backoff_cap_s, first_immediate=r.first_immediate,
+                              reset_after_s=r.reset_after_s),
+        crash_loop=CrashLoopPolicy(threshold=r.crash_loop_failures,
+                                   window_s=r.crash_loop_window_s),
+    )
+
+
+def balancer_settings(cfg: FleetConfig) -> RouterSettings | NginxSettings | None:
+    """Balancer settings from the config (None for ``kind = "none"``)."""
+    b = cfg.balancer
+    if b.kind == "sglang-router":
+        return RouterSettings(
+            port=b.port, prometheus_port=b.prometheus_port, host=b.host, policy=b.policy,
+            log_level=b.log_level, request_timeout_s=int(b.request_timeout_s),
+            health_check_interval_s=max(1, int(b.health_check_interval_s)),
+            health_check_timeout_s=max(1, int(b.health_check_timeout_s)),
+            health_failure_threshold=b.health_failure_threshold,
+            health_success_threshold=b.health_success_threshold,
+            cb_failure_threshold=b.cb_failure_threshold, cb_timeout_s=int(b.cb_timeout_s),
+            retry_max_retries=b.retry_max_retries)
+    if b.kind == "nginx":
+        return NginxSettings(port=b.port, host=b.host, binary=b.nginx_binary,
+                             read_timeout_s=b.request_timeout_s)
+    return None
+
+
+class ActionError(Exception):
+    """An operator action was refused; `status` is the HTTP status the API answers."""
+
+    def __init__(self, message: str, *, status: int = 409, code: str = "conflict") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class Supervisor:
+    """Owns one fleet. `run` until `shutdown`."""
+
+    def __init__(self, config: FleetConfig, state_dir: StateDir, *,
+                 gpu_source: GpuSource | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = config
+        self.state_dir = state_dir
+        self.clock = clock
+        self.policy = lifecycle_policy(config)
+        self.audit = AuditLog(state_dir.audit_path)
+        self.alerts = AlertEngine(rules_from_config(config), AlertSettings())
+        self.workers: dict[str, WorkerRuntime] = {}
+        self.unmanaged: dict[int, WorkerRuntime] = {}
+        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self.balancer: Balancer | None = None
+        self.balancer_healthy: bool | None = None
+        self._bsettings = balancer_settings(config)
+        self._gpu = gpu_source
+        self._gpu_sample: GpuSample | None = None
+        self._http = httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(
+            max_connections=512, max_keepalive_connections=256))
+        self._clients: dict[str, SglangClient] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._probe_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        self._rollout: asyncio.Task[Any] | None = None
+        self._stopping = asyncio.Event()
+        self._dirty = True
+        self.started_wall = time.time()
+        self.cycle_times: deque[float] = deque(maxlen=600)
+        self.last_validation: dict[str, Any] | None = None
+
+    # ================================================================== lifecycle of the supervisor
+
+    async def start(self) -> None:
+        """Adopt or start the balancer and the workers, then start the loops."""
+        self.state_dir.ensure()
+        saved = self.state_dir.read_state()
+        await self._start_balancer(saved.get("balancer") or {})
+        if self._gpu is None:
+            kind = "sim" if self.cfg.engine == Engine.SIM else "auto"
+            self._gpu = make_gpu_source(kind)
+        specs = self.cfg.worker_specs()
+        saved_workers: dict[str, Any] = saved.get("workers") or {}
+        fresh: list[WorkerRuntime] = []
+        for spec in specs:
+            w = self._add_runtime(spec, config_spec=spec, saved=saved_workers.get(spec.name))
+            if w.identity is None:
+                fresh.append(w)
+        for name, data in saved_workers.items():
+            if name not in self.workers and data.get("added"):
+                spec = _spec_from_json(data["spec"])
+                w = self._add_runtime(spec, config_spec=None, saved=data)
+                if w.identity is None:
+                    fresh.append(w)
+        self._update_gpu_urls()
+        for name, fn in (("exits", self._exit_loop), ("scrape", self._scrape_loop),
+                         ("gpu", self._gpu_loop), ("tick", self._tick_loop),
+                         ("balancer", self._balancer_loop), ("discover", self._discover_loop)):
+            self._tasks.append(asyncio.create_task(fn(), name=name))
+        for w in self.workers.values():
+            self._ensure_probe_task(w)
+        self._tasks.append(asyncio.create_task(self._initial_starts(fresh), name="initial"))
+        self._event("supervisor", None, f"supervisor started (pid {os.getpid()}), "
+                    f"{len(self.workers)} workers, engine {self.cfg.engine.value}")
+        self._save_state()
+
+    def _add_runtime(self, spec: WorkerSpec, *, config_spec: WorkerSpec | None,
+                     saved: dict[str, Any] | None) -> WorkerRuntime:
+        now = self.clock()
+        identity = None
+        if saved:
+            if saved.get("spec"):
+                spec = _spec_from_json(saved["spec"], api_key=spec.api_key)
+            ident = saved.get("identity")
+            if ident:
+                candidate = procs.ProcessIdentity.from_json(ident)
+                if procs.verify(candidate):
+                    identity = candidate
+                else:
+                    self._event("adopt", spec.name, f"recorded pid {candidate.pid} is gone or "
+                                "belongs to another process: not adopted, starting fresh")
+        lc = WorkerLifecycle(spec.name, self.policy,
+                             initial=S.STARTING if identity else S.STOPPED, now=now)
+        w = WorkerRuntime(spec=spec, lifecycle=lc, config_spec=config_spec, identity=identity,
+                          raw_argv=tuple(saved["raw_argv"]) if saved and saved.get("raw_argv")
+                          else None)
+        if saved and saved.get("restarts"):
+            lc._starts += int(saved["restarts"])  # keep the count across supervisor restarts
+        w.warnings = effect_warnings(spec, self.cfg.sglang_version)
+        if identity:
+            w.started_wall = saved.get("started_wall") if saved else None
+            self._event("adopt", spec.name, f"adopted running worker pid {identity.pid}")
+        self.workers[spec.name] = w
+        self._clients[spec.name] = SglangClient(spec.url, api_key=spec.api_key, http=self._http,
+                                                model=spec.served_model_name or spec.model_path)
+        return w
+
+    async def _initial_starts(self, fresh: list[WorkerRuntime]) -> None:
+        """Start new workers: one GPU at a time per card (parallel across cards), each
+        after the previous one on its card is ready or has failed."""
+        by_gpu: dict[int | None, list[WorkerRuntime]] = {}
+        for w in fresh:
+            by_gpu.setdefault(w.spec.gpu, []).append(w)
+
+        async def start_card(ws: list[WorkerRuntime]) -> None:
+            for w in ws:
+                if w.state is not S.STOPPED or self._stopping.is_set():
+                    continue
+                await self._apply(w, w.lifecycle.start(self.clock()))
+                deadline = self.clock() + self.policy.startup_budget_s + 5
+                while (w.state is S.STARTING and self.clock() < deadline
+                       and not self._stopping.is_set()):
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(start_card(ws) for ws in by_gpu.values()))
+
+    async def _start_balancer(self, saved: dict[str, Any]) -> None:
+        if self._bsettings is None:
+            return
+        ident = saved.get("identity")
+        if ident:
+            identity = procs.ProcessIdentity.from_json(ident)
+            if procs.verify(identity):
+                try:
+                    self.balancer = await adopt_balancer(self._bsettings, self.state_dir.root,
+                                                         identity)
+                    self._event("balancer", None, f"adopted running balancer pid {identity.pid}")
+                    return
+                except Exception as exc:  # noqa: BLE001 - fall back to a fresh one
+                    self._event("balancer", None, f"could not adopt balancer: {exc}")
+        self.balancer = create_balancer(self._bsettings, self.state_dir.root)
+        await self.balancer.start()
+        self.balancer_healthy = True
+        self._event("balancer", None, f"balancer {self.cfg.balancer.kind} started at "
+                    f"{self.balancer.url}")
+
+    async def run(self) -> None:
+        """Start, then serve until `shutdown` is called."""
+        await self.start()
+        await self._stopping.wait()
+
+    async def shutdown(self, *, stop_workers: bool = False, caller_uid: int | None = None) -> None:
+        """Stop the loops; with `stop_workers`, drain and stop every worker and the balancer
+        (``embedops down``); otherwise everything keeps running for the next supervisor."""
+        t0 = time.monotonic()
+        if stop_workers:
+            await asyncio.gather(*(self._stop_worker_for_good(w) for w in self.workers.values()),
+                                 return_exceptions=True)
+            if self.balancer is not None:
+                await self.balancer.stop()
+            self.audit.record("down", worker=None, caller_uid=caller_uid, outcome="ok",
+                              duration_s=time.monotonic() - t0)
+        self._stopping.set()
+        for task in [*self._tasks, *self._probe_tasks.values(), *self._jobs.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._probe_tasks.values(), *self._jobs.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._save_state(stopped=stop_workers)
+        if self.balancer is not None:
+            with contextlib.suppress(Exception):
+                await self.balancer.close()
+        if self._gpu is not None:
+            with contextlib.suppress(Exception):
+                await self._gpu.close()
+        await self._http.aclose()
+
+    async def _stop_worker_for_good(self, w: WorkerRuntime) -> None:
+        with contextlib.suppress(IllegalTransition):
+            await self._apply(w, w.lifecycle.begin_stop(self.clock()))
+        await self._wait_for(lambda: w.state in (S.STOPPED, S.FAILED),
+                             self.policy.drain_timeout_s + self.cfg.restart.stop_grace_s + 10)
+
+    # ================================================================== applying decisions
+
+    async def _apply(self, w: WorkerRuntime, d: Decision) -> None:
+        """Carry out a lifecycle decision's actions in order."""
+        for t in d.transitions:
+            self._event("transition", w.name, f"{t.source.value} → {t.target.value}: {t.reason}")
+        for action in d.actions:
+            kind = action.kind
+            if kind is ActionKind.START:
+                await self._spawn(w)
+            elif kind is ActionKind.REGISTER:
+                await self._register(w)
+            elif kind is ActionKind.EJECT:
+                await self._eject(w)
+            elif kind in (ActionKind.STOP, ActionKind.KILL):
+                self._begin_stop(w, kill=kind is ActionKind.KILL)
+            elif kind is ActionKind.ROLLBACK:
+                if w.previous_spec is not None:
+                    self._event("retune", w.name, f"rolling back: {action.message}")
+                    w.spec, w.previous_spec = w.previous_spec, None
+                    self._retune_outcome = "rolled_back"
+            elif kind is ActionKind.COMMIT:
+                w.previous_spec = None
+            elif kind is ActionKind.ALERT:
+                self._event("alert", w.name, action.message)
+            elif kind is ActionKind.START_AT:
+                self._event("backoff", w.name, action.message)
+        if d.transitions or d.actions:
+            self._dirty = True
+
+    def _launch(self, w: WorkerRuntime) -> LaunchCommand:
+        if w.raw_argv:
+            cmd = LaunchCommand(argv=w.raw_argv, env=dict(w.spec.env))
+        else:
+            cmd = self.cfg.launch_command(w.spec)
+        if w.spec.engine == Engine.SIM:
+            # simulated cards are per fleet: fleets (and test runs) on one box don't share them
+            cmd = LaunchCommand(argv=cmd.argv, env={
+                **cmd.env, "EMBEDOPS_SIM_GPU_DIR": str(self.state_dir.root / "sim-gpus")})
+        return cmd
+
+    async def _spawn(self, w: WorkerRuntime) -> None:
+        now = self.clock()
+        problem = await self._preflight(w)
+        if problem is not None:
+            await self._apply(w, w.lifecycle.observe_start_failed(now, problem, config_error=True))
+            return
+        cmd = self._launch(w)
+        shown = mask_argv(cmd.argv)
+        try:
+            w.identity = await asyncio.to_thread(
+                procs.spawn_detached, cmd, self.state_dir.worker_log(w.name),
+                display_argv=shown)
+        except procs.SpawnError as exc:
+            await self._apply(w, w.lifecycle.observe_start_failed(now, str(exc), config_error=True))
+            return
+        w.new_generation(now)
+        w.warnings = effect_warnings(w.spec, self.cfg.sglang_version)
+        self._event("spawn", w.name, f"started pid {w.identity.pid}: {' '.join(shown)}")
+        self._save_state()
+
+    async def _preflight(self, w: WorkerRuntime) -> str | None:
+        """Why the worker must not be started (config error), or None."""
+        spec = w.spec
+        if spec.engine == Engine.SGLANG and not w.raw_argv and not Path(spec.model_path).exists():
+            return f"model path {spec.model_path} does not exist"
+        owner = await procs.port_owner_async(spec.port, spec.host)
+        if owner is None:
+            return None
+        if owner.pid is not None and self._is_our_stale(w, owner.pid):
+            self._event("preflight", w.name, f"port {spec.port} held by a stale process of ours "
+                        f"(pid {owner.pid}); stopping it")
+            ident = procs.identify(owner.pid)
+            if ident is not None:
+                await procs.kill_group_now(ident)
+            if await procs.port_owner_async(spec.port, spec.host) is None:
+                return None
+        who = "an unknown process" if owner.pid is None else f"pid {owner.pid} ({owner.name})"
+        return f"port {spec.port} is already in use by {who}; not starting (no signal sent)"
+
+    def _is_our_stale(self, w: WorkerRuntime, pid: int) -> bool:
+        """A process holding our port that runs exactly our worker command line."""
+        argv = procs.read_argv(procs.identify(pid)) if procs.identify(pid) else None
+        return bool(argv) and list(argv) == list(self._launch(w).argv)
+
+    async def _register(self, w: WorkerRuntime) -> None:
+        if self.balancer is None:
+            return
+        try:
+            await self.balancer.add(w.spec.url, api_key=w.spec.api_key)
+            self._event("balancer", w.name, "registered in the balancer")
+        except Exception as exc:  # noqa: BLE001 - reported, retried by the balancer loop
+            self._event("balancer", w.name, f"register failed: {exc}")
+
+    async def _eject(self, w: WorkerRuntime) -> None:
+        if self.balancer is None:
+            return
+        try:
+            await self.balancer.remove(w.spec.url)
+            self._event("balancer", w.name, "removed from the balancer")
+        except Exception as exc:  # noqa: BLE001
+            self._event("balancer", w.name, f"remove failed: {exc}")
+
+    def _begin_stop(self, w: WorkerRuntime, *, kill: bool) -> None:
+        if w.identity is None or w.stop_in_progress:
+            return
+        w.stop_in_progress = True
+        identity = w.identity
+
+        async def stop() -> None:
+            try:
+                if kill:
+                    result = await procs.kill_group_now(identity)
+                else:
+                    result = await procs.stop_group(identity, grace_s=self.cfg.restart.stop_grace_s)
+                if result.refused:
+                    self._event("stop", w.name, f"refused to signal: {result.refused}")
+                if result.survivors:
+                    self._event("stop", w.name, "survivors after stop: " + ", ".join(
+                        f"{p.pid} {p.name} ({p.status})" for p in result.survivors))
+                code = result.exit_code
+                self._event("stop", w.name, f"{'killed' if kill else 'stopped'} pid "
+                            f"{identity.pid} (exit {code}, {result.duration_s:.2f} s"
+                            f"{', escalated to SIGKILL' if result.escalated else ''})")
+                w.identity = None
+                await self._apply(w, w.lifecycle.observe_exit(self.clock(), code))
+            finally:
+                w.stop_in_progress = False
+                self._save_state()
+
+        self._jobs[f"stop-{w.name}-{identity.pid}"] = asyncio.create_task(stop())
+
+    # ================================================================== loops
+
+    async def _exit_loop(self) -> None:
+        while True:
+            for w in list(self.workers.values()):
+                if w.identity is None or w.stop_in_progress:
+                    continue
+                code = procs.returncode(w.identity)
+                if code is None and procs.is_running(w.identity):
+                    continue
+                await self._handle_exit(w, code)
+            await asyncio.sleep(EXIT_POLL_S)
+
+    async def _handle_exit(self, w: WorkerRuntime, code: int | None) -> None:
+        identity = w.identity
+        assert identity is not None
+        w.identity = None
+        orphans = procs.find_orphans(identity)
+        if orphans:
+            self._event("exit", w.name, "killing leftovers of the old generation: " +
+                        ", ".join(f"{p.pid} {p.name}" for p in orphans))
+            for p in orphans:
+                ident = procs.identify(p.pid)
+                if ident is not None:
+                    await procs.kill_group_now(ident)
+        hint = self._diagnose(w) if w.state is S.STARTING else None
+        self._event("exit", w.name, f"pid {identity.pid} exited with code {code}"
+                    + (f" ({hint})" if hint else ""))
+        await self._apply(w, w.lifecycle.observe_exit(self.clock(), code, config_error=hint))
+        self._save_state()
+
+    def _diagnose(self, w: WorkerRuntime) -> str | None:
+        """A configuration cause found in the tail of the worker's log, or None."""
+        tail = _tail(self.state_dir.worker_log(w.name), LOG_TAIL_BYTES)
+        last_spawn = tail.rfind("embedops spawn:")
+        tail = tail[last_spawn:] if last_spawn >= 0 else tail
+        for marker, meaning in CONFIG_ERROR_MARKERS:
+            if marker in tail:
+                return meaning
+        return None
+
+    def _ensure_probe_task(self, w: WorkerRuntime) -> None:
+        task = self._probe_tasks.get(w.name)
+        if task is None or task.done():
+            self._probe_tasks[w.name] = asyncio.create_task(self._probe_loop(w),
+                                                            name=f"probe-{w.name}")
+
+    async def _probe_loop(self, w: WorkerRuntime) -> None:
+        interval = self.cfg.probe.interval_s
+        while True:
+            started = self.clock()
+            if w.lifecycle.probing and (w.identity is not None or not w.managed):
+                with contextlib.suppress(Exception):
+                    await self._probe_once(w)
+            elapsed = self.clock() - started
+            await asyncio.sleep(max(0.05, interval - elapsed))
+
+    async def _probe_once(self, w: WorkerRuntime) -> None:
+        client = self._clients[w.name]
+        if w.state is S.STARTING:
+            check = await client.health(timeout_s=max(3.0, self.cfg.probe.timeout_floor_s))
+            await self._apply(w, w.lifecycle.observe_health(self.clock(), check.status))
+            if check.status != 200:
+                return
+        now = self.clock()
+        p99 = w.probe_window.percentile(0.99, now)
+        timeout = probe_timeout_s(p99, floor_s=self.cfg.probe.timeout_floor_s)
+        result = await client.probe(self.cfg.probe.text, dimension=w.spec.dimension,
+                                    timeout_s=timeout)
+        now = self.clock()
+        progressed = w.fold_probe(now, result)
+        if not w.managed:
+            return
+        if not result.ok and (w.last_probe is None or w.lifecycle.last_probe_ok is not False):
+            self._event("probe", w.name, f"probe failed: {result.error}")
+        await self._apply(w, w.lifecycle.observe_probe(now, result.ok, latency_s=result.latency_s,
+                                                       progressing=progressed))
+
+    async def _scrape_loop(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            targets = [w for w in self._all_runtimes()
+                       if w.lifecycle.probing or w.state is S.DRAINING]
+            await asyncio.gather(*(self._scrape(w) for w in targets), return_exceptions=True)
+            self.cycle_times.append(time.perf_counter() - t0)
+            now = self.clock()
+            wall = time.time()
+            for w in targets:
+                w.record_series(now, wall)
+            draining = any(w.state is S.DRAINING for w in self.workers.values())
+            await asyncio.sleep(0.2 if draining else SCRAPE_S)
+
+    async def _scrape(self, w: WorkerRuntime) -> None:
+        try:
+            metrics = await self._clients[w.name].metrics(timeout_s=2.0)
+        except Exception:  # noqa: BLE001 - missing data is its own alert
+            return
+        now = self.clock()
+        w.fold_metrics(now, metrics)
+        if w.state is S.DRAINING and w.managed:
+            inflight = None if w.running is None else w.running + (w.queued or 0)
+            if w.action is not None:
+                w.action.progress = f"draining: {inflight if inflight is not None else '?'} in flight"
+            await self._apply(w, w.lifecycle.observe_inflight(now, inflight))
+
+    async def _gpu_loop(self) -> None:
+        while True:
+            if self._gpu is not None:
+                sample = await self._gpu.sample()
+                self._gpu_sample = sample
+                self._fold_gpu(sample)
+            await asyncio.sleep(GPU_S)
+
+    def _fold_gpu(self, sample: GpuSample) -> None:
+        trees = {}
+        for w in self._all_runtimes():
+            if w.identity is not None:
+                trees[w.name] = procs.group_pids(w.identity) | {w.identity.pid}
+        shares = attribute(sample, trees)
+        cards = {d.index: d for d in sample.devices}
+        now = self.clock()
+        for w in self._all_runtimes():
+            card = cards.get(w.spec.gpu if w.spec.gpu is not None else 0)
+            w.fold_gpu(now, shares.get(w.name), card.used_mib if card else None,
+                       card.total_mib if card else None)
+
+    async def _tick_loop(self) -> None:
+        last_alerts = 0.0
+        while True:
+            now = self.clock()
+            for w in list(self.workers.values()):
+                await self._apply(w, w.lifecycle.tick(now))
+            if now - last_alerts >= 1.0:
+                last_alerts = now
+                await self._evaluate_alerts(now)
+            if self._dirty:
+                self._save_state()
+            await asyncio.sleep(TICK_S)
+
+    async def _evaluate_alerts(self, now: float) -> None:
+        facts: dict[str, WorkerFacts] = {
+            w.name: w.facts(now, stale_after_s=10.0) for w in self._all_runtimes()}
+        for tr in self.alerts.evaluate(now, facts):
+            self._on_alert(tr)
+
+    def _on_alert(self, tr: AlertTransition) -> None:
+        a = tr.alert
+        silenced = " (silenced)" if tr.silenced else ""
+        self._event("alert", a.worker, f"{a.rule} {tr.target.value}: {a.summary}{silenced}")
+        if tr.remediation is not None and a.worker in self.workers:
+            self._event("remediation", a.worker, f"auto-remediation {tr.remediation.value}")
+            with contextlib.suppress(ActionError):
+                self.start_action("restart", a.worker, caller_uid=None)
+
+    async def _balancer_loop(self) -> None:
+        """Watch the balancer; restart it when it died (workers are not touched)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.balancer is None:
+                continue
+            healthy = await self.balancer.healthy()
+            if healthy != self.balancer_healthy:
+                self._event("balancer", None, "balancer healthy" if healthy else
+                            "balancer not answering")
+            self.balancer_healthy = healthy
+            ident = self.balancer.identity
+            if not healthy and ident is not None and not procs.is_running(ident):
+                self._event("balancer", None, "balancer process gone: restarting it")
+                with contextlib.suppress(Exception):
+                    await self.balancer.stop()
+                try:
+                    self.balancer = create_balancer(self._bsettings, self.state_dir.root)
+                    await self.balancer.start()
+                    for w in self.workers.values():
+                        if w.lifecycle.registered:
+                            await self._register(w)
+                    self._save_state()
+                except Exception as exc:  # noqa: BLE001
+                    self._event("balancer", None, f"balancer restart failed: {exc}")
+
+    async def _discover_loop(self) -> None:
+        """List SGLang servers on this box that we did not start (attached, unmanaged)."""
+        while True:
+            with contextlib.suppress(Exception):
+                await self._discover_once()
+            await asyncio.sleep(DISCOVER_S)
+
+    async def _discover_once(self) -> None:
+        found = await procs.discover_sglang_servers_async()
+        ours = {w.identity.pid for w in self.workers.values() if w.identity}
+        ours |= {pid for w in self.workers.values() if w.identity
+                 for pid in procs.group_pids(w.identity)}
+        seen = set()
+        for server in found:
+            if server.pid in ours:
+                continue
+            seen.add(server.pid)
+            if server.pid in self.unmanaged:
+                continue
+            name = f"unmanaged-{server.port}"
+            spec = WorkerSpec(name=name, port=server.port, model_path=server.model_path or "?",
+                              engine=Engine.SIM if server.sim else Engine.SGLANG,
+                              host=server.host if server.host not in ("0.0.0.0", "") else "127.0.0.1",
+                              gpu=_first_gpu(server.cuda_visible_devices),
+                              dimension=self.cfg.model.dimension)
+            lc = WorkerLifecycle(name, self.policy, initial=S.UNMANAGED, now=self.clock())
+            w = WorkerRuntime(spec=spec, lifecycle=lc, managed=False, identity=server.identity)
+            self.unmanaged[server.pid] = w
+            self._clients[name] = SglangClient(spec.url, http=self._http)
+            self._ensure_probe_task(w)
+            self._event("discover", name, f"found SGLang server pid {server.pid} on port "
+                        f"{server.port} not started by us: attached, unmanaged")
+        for pid in list(self.unmanaged):
+            if pid not in seen:
+                w = self.unmanaged.pop(pid)
+                task = self._probe_tasks.pop(w.name, None)
+                if task:
+                    task.cancel()
+                self._event("discover", w.name, f"unmanaged server pid {pid} is gone")
+
+    # ================================================================== helpers
+
+    def _all_runtimes(self) -> list[WorkerRuntime]:
+        return [*self.workers.values(), *self.unmanaged.values()]
+
+    def _update_gpu_urls(self) -> None:
+        if isinstance(self._gpu, SimGpuSource):
+            self._gpu.set_urls(w.spec.url for w in self._all_runtimes())
+
+    def _event(self, kind: str, worker: str | None, message: str, **fields: Any) -> None:
+        ev = Event(time=time.time(), kind=kind, worker=worker, message=message, fields=fields)
+        self.events.append(ev)
+        log.info("%s%s: %s", kind, f" [{worker}]" if worker else "", message)
+
+    async def _wait_for(self, cond: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = self.clock() + timeout_s
+        while not cond():
+            if self.clock() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def _save_state(self, *, stopped: bool = False) -> None:
+        self._dirty = False
+        workers = {}
+        for w in self.workers.values():
+            workers[w.name] = {
+                "identity": w.identity.to_json() if w.identity and not stopped else None,
+                "spec": _spec_to_json(w.spec),
+                "restarts": w.lifecycle.status(self.clock()).restarts,
+                "started_wall": w.started_wall,
+                "raw_argv": list(w.raw_argv) if w.raw_argv else None,
+                "added": w.config_spec is None,
+            }
+        ident = self.balancer.identity if self.balancer and not stopped else None
+        data = {"fleet": self.cfg.name, "saved_at": time.time(), "supervisor_pid": os.getpid(),
+                "balancer": {"kind": self.cfg.balancer.kind,
+                             "identity": ident.to_json() if ident else None,
+                             "url": self.balancer.url if self.balancer else None},
+                "workers": workers}
+        try:
+            self.state_dir.write_state(data)
+        except OSError as exc:
+            log.error("cannot write the state file: %s", exc)
+
+    def _add_adopted(self, spec: WorkerSpec, identity: procs.ProcessIdentity,
+                     argv: tuple[str, ...]) -> WorkerRuntime:
+        """A managed runtime for an unmanaged server being adopted (relaunched verbatim)."""
+        lc = WorkerLifecycle(spec.name, self.policy, initial=S.UNMANAGED, now=self.clock())
+        w = WorkerRuntime(spec=spec, lifecycle=lc, identity=identity, raw_argv=argv)
+        self.workers[spec.name] = w
+        self._clients[spec.name] = SglangClient(spec.url, api_key=spec.api_key, http=self._http,
+                                                model=spec.served_model_name or spec.model_path)
+        self._ensure_probe_task(w)
+        self._update_gpu_urls()
+        return w
+
+    def _forget(self, w: WorkerRuntime) -> None:
+        """Drop a stopped worker from the fleet."""
+        task = self._probe_tasks.pop(w.name, None)
+        if task:
+            task.cancel()
+        self.workers.pop(w.name, None)
+        self._clients.pop(w.name, None)
+        self._update_gpu_urls()
+        self._save_state()
+
+    def new_worker_spec(self, args: dict[str, Any]) -> WorkerSpec:
+        """A spec for `add`, from fleet defaults plus `args`; `ActionError` names the field."""
+        from console.actions import NAME_RE
+
+        allowed = {"name", "port", "gpu", "mem_fraction_static", "cuda_graph",
+                   "max_running_requests", "chunked_prefill_size"}
+        unknown = sorted(set(args) - allowed)
+        if unknown:
+            raise ActionError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}",
+                              status=400, code="bad_args")
+        name, port = args.get("name"), args.get("port")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ActionError("name: letters, digits and ._- (max 64)", status=400, code="bad_args")
+        if name in self.workers:
+            raise ActionError(f"name: a worker called {name!r} exists", status=400, code="bad_args")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ActionError("port: an integer in 1..65535", status=400, code="bad_args")
+        taken = {w.spec.port for w in self.workers.values()}
+        if self.cfg.balancer.kind != "none":
+            taken |= {self.cfg.balancer.port, self.cfg.balancer.prometheus_port}
+        if port in taken:
+            raise ActionError(f"port: {port} is already used by this fleet", status=400,
+                              code="bad_args")
+        gpu = args.get("gpu")
+        if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0):
+            raise ActionError("gpu: a GPU index ≥ 0", status=400, code="bad_args")
+        template = next(iter(self.workers.values())).spec if self.workers else None
+        base = WorkerSpec(
+            name=name, port=port, model_path=self.cfg.model.path, engine=self.cfg.engine,
+            gpu=gpu, served_model_name=self.cfg.model.served_name,
+            context_length=self.cfg.model.context_length, dimension=self.cfg.model.dimension,
+            api_key=template.api_key if template else None,
+            env=(("CUDA_VISIBLE_DEVICES", str(gpu)),) if gpu is not None else ())
+        tune = {k: v for k, v in args.items() if k in (
+            "mem_fraction_static", "cuda_graph", "max_running_requests", "chunked_prefill_size")}
+        if not tune:
+            return base
+        from console.actions import retune_spec
+
+        probe = WorkerRuntime(spec=base, lifecycle=WorkerLifecycle(name, self.policy))
+        return retune_spec(self, probe, tune)
+
+    async def validate(self, target: str) -> dict[str, Any]:
+        """Run the deployment checks against the balancer, a worker, or a URL."""
+        from console.validate import run_validation
+
+        api_key = None
+        if target == "balancer":
+            if self.balancer is None:
+                raise ActionError("this fleet has no balancer; name a worker", status=400,
+                                  code="bad_args")
+            url = self.balancer.url
+        elif target in self.workers:
+            url = self.workers[target].spec.url
+            api_key = self.workers[target].spec.api_key
+        elif target.startswith("http://127.") or target.startswith("http://localhost"):
+            url = target
+        else:
+            raise ActionError(f"target {target!r}: 'balancer', a worker name, or a loopback "
+                              "URL", status=400, code="bad_args")
+        if api_key is None and self.workers:
+            api_key = next(iter(self.workers.values())).spec.api_key
+        return await run_validation(url, model=self.cfg.model.served_name or self.cfg.model.path,
+                                    dimension=self.cfg.model.dimension, api_key=api_key,
+                                    context_length=self.cfg.model.context_length)
+
+    # ================================================================== operator actions
+
+    def start_action(self, action: str, worker: str | None, *, caller_uid: int | None,
+                     args: dict[str, Any] | None = None) -> tuple[str, asyncio.Task[dict[str, Any]]]:
+        """Begin an operator action; returns its id and the task yielding its outcome.
+
+        Raises `ActionError` (404 unknown worker, 409 another action is running) before
+        anything changes.
+        """
+        from console import actions  # the action bodies live beside, to keep this file lean
+
+        body = actions.ACTIONS.get(action)
+        if body is None:
+            raise ActionError(f"unknown action {action!r}", status=400, code="bad_action")
+        w = None
+        if worker is not None:
+            w = self.workers.get(worker)
+            if w is None:
+                raise ActionError(f"no worker named {worker!r}", status=404, code="not_found")
+            if w.action is not None:
+                raise ActionError(f"{worker}: {w.action.name} is already running "
+                                  f"({w.action.progress or 'in progress'})")
+        if self._rollout is not None and not self._rollout.done() and action != "silence":
+            raise ActionError("a rolling restart is in progress")
+        action_id = uuid.uuid4().hex[:12]
+        if w is not None:
+            w.action = ActionProgress(action_id, action, time.time())
+        t0 = time.monotonic()
+        before = _spec_to_json(w.spec) if w is not None else None
+
+        async def run() -> dict[str, Any]:
+            outcome, message = "failed", ""
+            try:
+                outcome, message = await body(self, w, args or {})
+            except ActionError as exc:
+                outcome, message = "refused", str(exc)
+            except IllegalTransition as exc:
+                outcome, message = "refused", str(exc)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller and the audit log
+                log.exception("action %s failed", action)
+                outcome, message = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                if w is not None:
+                    w.action = None
+            duration = time.monotonic() - t0
+            after = _spec_to_json(w.spec) if w is not None else None
+            self.audit.record(action, worker=worker, caller_uid=caller_uid, outcome=outcome,
+                              duration_s=duration, args_before=before,
+                              args_after=after if after != before else None,
+                              detail={"message": message, **(args or {})})
+            self._event("action", worker, f"{action} {outcome}: {message} ({duration:.1f} s)",
+                        outcome=outcome)
+            self._save_state()
+            return {"action_id": action_id, "action": action, "worker": worker,
+                    "outcome": outcome, "message": message, "duration_s": round(duration, 3)}
+
+        task = asyncio.create_task(run(), name=f"action-{action}-{worker}")
+        self._jobs[action_id] = task
+        task.add_done_callback(lambda _t: self._jobs.pop(action_id, None))
+        if action == "rollout":
+            self._rollout = task
+        return action_id, task
+
+
+def _tail(path: Path, size: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _first_gpu(visible: str | None) -> int | None:
+    if not visible:
+        return None
+    first = visible.split(",")[0].strip()
+    return int(first) if first.isdigit() else None
+
+
+_SPEC_FIELDS = ("name", "port", "model_path", "host", "gpu", "served_model_name",
+                "mem_fraction_static", "cuda_graph", "max_running_requests",
+                "chunked_prefill_size", "context_length", "dimension")
+
+
+def _spec_to_json(spec: WorkerSpec) -> dict[str, Any]:
+    """A spec as stored in the state file (never the API key)."""
+    data: dict[str, Any] = {k: getattr(spec, k) for k in _SPEC_FIELDS}
+    data["engine"] = spec.engine.value
+    data["extra_args"] = list(spec.extra_args)
+    data["env"] = [list(kv) for kv in spec.env]
+    return data
+
+
+def _spec_from_json(data: dict[str, Any], *, api_key: str | None = None) -> WorkerSpec:
+    return WorkerSpec(**{k: data[k] for k in _SPEC_FIELDS if k in data},
+                      engine=Engine(data.get("engine", "sglang")),
+                      extra_args=tuple(data.get("extra_args") or ()),
+                      env=tuple(tuple(kv) for kv in data.get("env") or ()),  # type: ignore[misc]
+                      api_key=api_key)
+
+
+__all__ = ["ActionError", "Supervisor", "balancer_settings", "lifecycle_policy"]
