@@ -1,0 +1,1 @@
+"""Screens of the console: main (fleet), worker detail, logs, timeline, help, dialogs."""

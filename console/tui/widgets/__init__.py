@@ -1,0 +1,1 @@
+"""Widgets of the console: each renders plain data from `console.tui.data`."""
