@@ -292,7 +292,7 @@ def parse_cli(argv: Sequence[str]) -> SimConfig:
         faults, startup_fail = parse_fault_flags(ns.sim_fault)
     except FaultError as e:
         parser.error(f"argument --sim-fault: {e}")
-    if ns.config:
+    if getattr(ns, "config", None):
         parser.error("argument --config: YAML config files are not supported by the "
                      "simulated worker; pass the flags on the command line")
     try:

@@ -373,7 +373,8 @@ class Engine:
 
     def _on_sigterm(self) -> None:
         if not self.gracefully_exit:
-            log.info("Received SIGTERM. Draining requests and shutting down...")
+            log.warning("SIGTERM received. signum=None frame=None. Draining requests and "
+                        "shutting down...")
         self.gracefully_exit = True
 
     async def _sigterm_watchdog(self) -> None:
@@ -454,8 +455,11 @@ class Engine:
         self._arm_start_faults()
 
     def _arm_start_faults(self) -> None:
-        if self.start_faults != Faults():
-            self.set_faults(self.start_faults)
+        default = Faults().to_json()
+        patch = {k: v for k, v in self.start_faults.to_json().items() if v != default[k]}
+        if patch:
+            # On top of whatever was switched at run time during the warmup.
+            self.set_faults(self.faults.updated(patch))
 
     async def run(self, app: Any) -> None:
         """Load (port closed), serve, warm up, run until a shutdown path exits."""

@@ -262,8 +262,8 @@ class SimMetrics:
             ch = self._req_children = (
                 self.ttft.labels(*rv), self.e2e.labels(*rv), self.prompt_tokens.labels(*rv),
                 self.generation_tokens.labels(*rv), self.num_requests.labels(*rv),
-                self.prompt_hist.labels(*self.tok_values),
-                self.generation_hist.labels(*self.tok_values),
+                self.prompt_hist.labels(*self.tok_values) if self.tokens_hist else None,
+                self.generation_hist.labels(*self.tok_values) if self.tokens_hist else None,
                 self.uncached_hist.labels(*self.tok_values) if self.new else None,
                 self.queue_time.labels(*self.sched_values) if self.new else None)
         ttft, e2e, ptok, gtok, nreq, phist, ghist, uhist, qtime = ch
@@ -272,7 +272,7 @@ class SimMetrics:
         ptok.inc(prompt_tokens)
         gtok.inc(0)
         nreq.inc()
-        if self.tokens_hist:
+        if phist is not None:
             phist.observe(prompt_tokens)
             ghist.observe(0)
         if uhist is not None:
