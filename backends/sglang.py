@@ -862,7 +862,7 @@ def default_nccl_port(port: int) -> int:
     return port + NCCL_PORT_OFFSET if port + NCCL_PORT_OFFSET <= 65535 else port - NCCL_PORT_OFFSET
 
 
-def _num(x: float | int) -> str:
+def _num(x: float) -> str:
     return str(x) if isinstance(x, int) else repr(float(x))
 
 

@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `embedops` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    run = getattr(args, "_run", None)
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)
         return 2

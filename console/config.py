@@ -42,7 +42,6 @@ from backends.sglang import (
     DEFAULT_E2E_BUCKETS_S,
     DEFAULT_VERSION,
     MANAGED_FLAGS,
-    SIM_VERSIONS,
     FlagCatalogue,
     build_launch,
     default_nccl_port,
@@ -734,7 +733,7 @@ class _Builder:
             return {}
         if isinstance(tp, type) and issubclass(tp, Enum):
             return next(iter(tp))
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             self._quiet += 1
             try:
                 return self.build(tp, {}, path)
@@ -797,7 +796,7 @@ class _Builder:
             self.problem(path, f"{_describe(value)} is not one of "
                                f"{', '.join(repr(n) for n in names)}{hint}")
             return False, None
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return True, self.build(tp, value, path)
         if origin is tuple:
             if not isinstance(value, list):
@@ -832,7 +831,7 @@ class _Builder:
                 self.problem(path, f"must be a finite integer, got {value}")
                 return False, None
         elif tp is float:
-            if isinstance(value, str) and (path.endswith("_s") or path.endswith(".for")):
+            if isinstance(value, str) and path.endswith(("_s", ".for")):
                 m = _DURATION.match(value)
                 if m:
                     return True, float(m.group(1)) * _DURATION_UNITS[m.group(2)]
@@ -840,13 +839,12 @@ class _Builder:
                                    "(seconds, or e.g. \"500ms\", \"30s\", \"5m\", \"6h\")")
                 return False, None
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if not math.isfinite(value):
-                    self.problem(path, f"must be a finite number, got {value}")
-                    return False, None
-                return True, float(value)
-        elif tp is str:
-            if isinstance(value, str):
-                return True, value
+                if math.isfinite(value):
+                    return True, float(value)
+                self.problem(path, f"must be a finite number, got {value}")
+                return False, None
+        elif tp is str and isinstance(value, str):
+            return True, value
         self.problem(path, f"must be {_TYPE_NAMES.get(tp, str(tp))}, got {_describe(value)}")
         return False, None
 

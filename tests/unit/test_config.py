@@ -413,8 +413,8 @@ INVALID = [
      '[[alerts]]\nname = "x"\nwhen = [{ metric = "p95_latency_s", op = ">", value = 0.9 }]\n\n[balancer]\n',
      "metrics.e2e_latency_buckets_s", "has no edge at 0.9 s, the threshold of alerts[0].when[0]"),
     ("alert-auto-remediate-without-action", SIM, "[balancer]\n",
-     '[[alerts]]\nname = "x"\nwhen = [{ metric = "error_rate", op = ">", value = 0.1 }]\n'
-     "auto_remediate = true\n\n[balancer]\n", "alerts[0].remediation", "needs a remediation"),
+     ('[[alerts]]\nname = "x"\nwhen = [{ metric = "error_rate", op = ">", value = 0.1 }]\n'
+      "auto_remediate = true\n\n[balancer]\n"), "alerts[0].remediation", "needs a remediation"),
     ("buckets-not-increasing", SIM, "[balancer]\n",
      "[metrics]\ne2e_latency_buckets_s = [0.1, 0.05, 1.2]\n\n[balancer]\n",
      "metrics.e2e_latency_buckets_s[1]", "0.05 is not greater than the edge before it (0.1)"),

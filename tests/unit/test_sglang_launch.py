@@ -32,11 +32,11 @@ def real(version: str) -> FlagCatalogue:
 
 
 def spec(**kw: object) -> WorkerSpec:
-    base: dict[str, object] = dict(name="gpu0-a", port=30001, model_path="/models/Qwen3-Embedding-4B",
-                                   gpu=0, served_model_name="qwen3-embedding-4b",
-                                   mem_fraction_static=0.42, max_running_requests=128,
-                                   chunked_prefill_size=4096, context_length=8192,
-                                   api_key="sk-secret-123", cuda_graph=False)
+    base: dict[str, object] = {
+        "name": "gpu0-a", "port": 30001, "model_path": "/models/Qwen3-Embedding-4B", "gpu": 0,
+        "served_model_name": "qwen3-embedding-4b", "mem_fraction_static": 0.42,
+        "max_running_requests": 128, "chunked_prefill_size": 4096, "context_length": 8192,
+        "api_key": "sk-secret-123", "cuda_graph": False}
     base.update(kw)
     return WorkerSpec(**base)  # type: ignore[arg-type]
 
