@@ -953,7 +953,7 @@ def mask_argv(argv: Iterable[str]) -> list[str]:
     out: list[str] = []
     mask_next = False
     for token in argv:
-        if mask_next and not _is_option(token):
+        if mask_next and not token.startswith("--"):
             out.append(MASK)
             mask_next = False
             continue

@@ -110,7 +110,7 @@ def _installed_catalogue(path: Path, err: TextIO) -> FlagCatalogue | None:
     print("embedops: reading the installed SGLang's --help (this imports SGLang)...", file=err)
     cat = load_catalogue(cfg.state_path, python=cfg.python, env=dict(cfg.sglang.env) or None,
                          fallback_version=cfg.sglang.version)
-    print(f"embedops: flags from the {cat.note}", file=err)
+    print(f"embedops: flag catalogue: {cat.note}", file=err)
     return cat
 
 

@@ -167,6 +167,7 @@ def test_sim_engine_same_flags_plus_sim_args(version: str) -> None:
       "python"]),
     (["--port", "1", "--model-path", "/m"], ["--port", "1", "--model-path", "/m"]),
     (["--api-key"], ["--api-key"]),
+    (["--api-key", "-starts-with-dash", "--port", "1"], ["--api-key", MASK, "--port", "1"]),
 ])
 def test_mask_argv(argv: list[str], expected: list[str]) -> None:
     assert mask_argv(argv) == expected
