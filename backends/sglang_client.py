@@ -98,17 +98,43 @@ def error_message(body: bytes, reason: str = "") -> str:
     return body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE] or reason
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is in the cause/context chain of `exc` (bounded walk)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _transport_error(exc: BaseException, timeout_s: float) -> str:
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return f"timeout after {float(timeout_s)}s"
     if isinstance(exc, httpx.ConnectError):
-        text = str(exc).lower()
-        if "refused" in text or isinstance(exc.__cause__, ConnectionRefusedError):
+        if "refused" in str(exc).lower() or _caused_by(exc, ConnectionRefusedError):
             return "connection refused"
         return f"connect error: {exc}"
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"connection closed: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+_KEY_FIELDS = frozenset({"api_key", "admin_api_key"})
+
+
+def _mask_keys(obj: Any, key: str | None) -> Any:
+    """A copy of a JSON value with API keys masked (see `SglangClient.server_info`)."""
+    if isinstance(obj, dict):
+        return {k: ("***" if k in _KEY_FIELDS and v else _mask_keys(v, key))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_mask_keys(v, key) for v in obj]
+    if isinstance(obj, str) and key and key in obj:
+        return obj.replace(key, "***")
+    return obj
 
 
 def _finite_floats(values: list[Any]) -> tuple[tuple[float, ...], bool]:
@@ -259,15 +285,12 @@ class SglangClient:
     async def server_info(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         """``/server_info`` (0.5.23) or ``/get_server_info`` (0.5.2).
 
-        The body includes the server args, and SGLang puts ``api_key`` there in clear text:
-        this method replaces it with ``"***"`` before returning.
+        The body includes the server args, and SGLang puts ``api_key`` there in clear text
+        (also nested, and inside ``launch_command``): every ``api_key``/``admin_api_key``
+        value and every occurrence of this client's key is replaced with ``***``.
         """
         data = await self._get_json(("/server_info", "/get_server_info"), timeout_s=timeout_s)
-        if isinstance(data, dict):
-            for key in ("api_key", "admin_api_key"):
-                if data.get(key):
-                    data[key] = "***"
-        return data
+        return _mask_keys(data, self._api_key)
 
     async def model_info(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         """``/model_info`` (0.5.15+) or ``/get_model_info`` (0.5.2)."""

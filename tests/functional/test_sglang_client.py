@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
@@ -36,15 +37,20 @@ class SimWorker:
 
 def start_sim(groups: ProcessGroups, *extra: str, log=None, ready_timeout: float = 60.0,
               zero_latency: bool = True) -> SimWorker:
-    """Start a sim worker (fast startup) in its own process group; wait for /health 200."""
+    """Start a sim worker (fast startup) in its own process group; wait for /health 200.
+
+    Each gets a private simulated-GPU registry, so workers of other tests running on the
+    same box do not take its simulated memory.
+    """
     port = free_port()
+    gpu_dir = str(log.parent / f"gpu-{port}") if log else tempfile.mkdtemp(prefix="simgpu-")
     argv: list[str] = [PYTHON, "-m", "backends.sim.worker", "--model-path", "sim/Qwen3-Embedding-4B",
                        "--is-embedding", "--host", "127.0.0.1", "--port", str(port),
                        "--enable-metrics", "--sim-load-s", "0.2", "--sim-warmup-s", "0.1"]
     if zero_latency:
         argv += ["--sim-base-latency-ms", "0", "--sim-per-token-us", "0"]
     argv += list(extra)
-    groups.spawn(argv, log=log)
+    groups.spawn(argv, log=log, env={"EMBEDOPS_SIM_GPU_DIR": gpu_dir})
     wait_http(f"http://127.0.0.1:{port}/health", timeout=ready_timeout)
     return SimWorker(port)
 
@@ -226,7 +232,8 @@ async def test_metrics_disabled_is_a_clear_error(tmp_path):
         port = free_port()
         groups.spawn([PYTHON, "-m", "backends.sim.worker", "--model-path", "m", "--is-embedding",
                       "--host", "127.0.0.1", "--port", str(port), "--sim-load-s", "0.1",
-                      "--sim-warmup-s", "0.1"], log=tmp_path / "w.log")
+                      "--sim-warmup-s", "0.1"], log=tmp_path / "w.log",
+                     env={"EMBEDOPS_SIM_GPU_DIR": str(tmp_path / "gpu")})
         wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
         async with SglangClient(f"http://127.0.0.1:{port}") as c:
             with pytest.raises(SglangError) as e:
