@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,11 +70,21 @@ class ProcessGroups:
 
     def cleanup(self) -> None:
         for proc in self._procs:
-            # the group id equals the recorded leader pid (start_new_session=True)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            # the group id equals the recorded leader pid (start_new_session=True); once the
+            # leader is reaped its pid may be reused, so then only the group's remaining
+            # members (which keep that pgid in use) are killed
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            else:
+                for member in psutil.process_iter():
+                    try:
+                        if os.getpgid(member.pid) == proc.pid:
+                            member.kill()
+                    except (ProcessLookupError, psutil.Error):
+                        pass
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
