@@ -11,7 +11,6 @@ the fleet are not bound at all (and the supervisor refuses them too).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -177,12 +176,13 @@ class EmbedopsApp(App[None]):
         return choice
 
     def _check_tty(self) -> None:
+        """Exit once the controlling terminal is gone (SSH dropped): no orphan polling."""
         try:
-            alive = os.isatty(sys.__stdout__.fileno()) and os.getppid() != 1
-        except (OSError, ValueError, AttributeError):
-            alive = False
-        if not alive:
+            fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+        except OSError:
             self.exit(return_code=0)
+            return
+        os.close(fd)
 
     # ------------------------------------------------------------------ polling
 

@@ -456,18 +456,34 @@ async def fetch_events(client: Client, limit: int = 200, clock: Any = time.time)
     return Fetched(value=[Event.parse(e) for e in raw or [] if isinstance(e, dict)], at=got.at)
 
 
+def validation_report(body: Any) -> dict[str, Any]:
+    """The check report of a ``POST /v1/validate?wait=1`` reply.
+
+    The supervisor nests it under ``report`` in the action outcome; a bare
+    ``{"checks", "ok"}`` body is accepted too.
+    """
+    if not isinstance(body, dict):
+        return {}
+    report = body.get("report")
+    if isinstance(report, dict):
+        return report
+    return body if "checks" in body else {}
+
+
 def parse_checks(body: Any) -> list[Check]:
-    """The ``checks`` of a ``POST /v1/validate`` reply."""
-    raw = body.get("checks") if isinstance(body, dict) else None
+    """The checks of a ``POST /v1/validate?wait=1`` reply."""
+    raw = validation_report(body).get("checks")
     return [Check(name=_str(c, "name", "?"), ok=_bool(c, "ok") is True, detail=_str(c, "detail"))
-            for c in raw or [] if isinstance(c, dict)]
+            for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
 
 
 async def send(client: Client, path: str, body: Any = None, *,
+               params: Mapping[str, Any] | None = None,
                timeout: float | None = None) -> ActionResult:
     """POST an action; errors come back in the result, never as exceptions."""
     try:
-        reply = await client.post(path, json={} if body is None else body, timeout=timeout)
+        reply = await client.post(path, json={} if body is None else body, params=params,
+                                  timeout=timeout)
     except SupervisorNotRunning as e:
         return ActionResult(ok=False, message=f"supervisor not answering: {e.reason}",
                             unreachable=True)

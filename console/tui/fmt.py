@@ -22,7 +22,7 @@ STATE_SYMBOLS: dict[str, str] = {
     "stopping": "■",
     "stopped": "○",
     "crashed": "✖",
-    "backoff": "⧗",
+    "backoff": "◌",
     "failed": "✖",
     "unmanaged": "◇",
 }

@@ -309,16 +309,22 @@ class StaticSupervisor:
         return await self._record(req)
 
     async def _validate(self, req: ControlRequest) -> Any:
+        """Like the supervisor: an action; with ``?wait=1`` its outcome carries the report."""
+        if not req.query_bool("wait"):
+            return await self._record(req)
         with self._lock:
             self.posts.append((req.path, req.body))
         if self.validate_delay_s:
             await asyncio.sleep(self.validate_delay_s)
-        return {"ok": False, "checks": [
-            {"name": "bilingual", "ok": True, "detail": "en/zh cosine 0.83"},
-            {"name": "long_text_32k", "ok": True, "detail": "32768 tokens in 1.9 s"},
-            {"name": "empty_input_400", "ok": False, "detail": "got 200, expected 400"},
-            {"name": "dimensions", "ok": True, "detail": "2560"},
-        ]}
+        target = (req.body or {}).get("target", "balancer")
+        return {"action_id": "v1", "action": "validate", "worker": target, "outcome": "failed",
+                "message": "failed: empty_input_400", "duration_s": 2.5,
+                "report": {"url": f"http://127.0.0.1:30003 ({target})", "ok": False, "checks": [
+                    {"name": "bilingual", "ok": True, "detail": "en/zh cosine 0.83"},
+                    {"name": "long_text_32k", "ok": True, "detail": "32768 tokens in 1.9 s"},
+                    {"name": "empty_input_400", "ok": False, "detail": "got 200, expected 400"},
+                    {"name": "dimensions", "ok": True, "detail": "2560"},
+                ]}}
 
 
 def short_socket_dir() -> Path:

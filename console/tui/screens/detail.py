@@ -20,6 +20,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from console.audit import mask_secrets
 from console.tui import data, fmt
 from console.tui.data import Event, Fetched, Series, Snapshot, Worker
 from console.tui.widgets.log_tail import LogTail
@@ -38,7 +39,11 @@ def flag_for(field_name: str) -> str:
 
 
 def argv_markup(argv: Sequence[str], drift: dict[str, dict[str, object]]) -> str:
-    """The argv one flag per line, drifted flags highlighted with the configured value."""
+    """The argv one flag per line, drifted flags highlighted with the configured value.
+
+    Secrets are masked again here, whatever the supervisor sent.
+    """
+    argv = [str(a) for a in mask_secrets(list(argv))]
     drifted = {flag_for(k): v for k, v in drift.items()}
     if "cuda_graph" in drift:
         drifted.setdefault("--disable-cuda-graph", drift["cuda_graph"])
@@ -131,6 +136,7 @@ def plots_from(series: Series) -> tuple[PlotData, PlotData, PlotData]:
 class DetailScreen(Screen[None]):
     """Everything about one worker."""
 
+    AUTO_FOCUS = "#log-lines"
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("f", "follow", "Follow"),

@@ -213,7 +213,7 @@ class RetuneDialog(ModalScreen["float | None"]):
 
 
 class ValidateDialog(ModalScreen[None]):
-    """Runs ``POST /v1/validate`` for `target` and shows the check table."""
+    """Runs ``POST /v1/validate?wait=1`` for `target` and shows the check table."""
 
     BINDINGS = [Binding("escape,q,enter", "close", "Close", show=False)]
 
@@ -245,14 +245,17 @@ class ValidateDialog(ModalScreen[None]):
     @work(exclusive=True, exit_on_error=False, group="validate")
     async def _run(self) -> None:
         result = await data.send(self.app.client, "/v1/validate",  # type: ignore[attr-defined]
-                                 {"target": self.target}, timeout=self.timeout_s)
+                                 {"target": self.target}, params={"wait": 1},
+                                 timeout=self.timeout_s)
         self.show_result(result)
 
     def show_result(self, result: data.ActionResult) -> None:
         """Fill the table from the reply (or say why there is none)."""
         status = self.query_one("#status", Static)
-        if not result.ok and not isinstance(result.body, dict):
-            status.update(f"[$error]validation not run: {escape(result.message)}[/]")
+        report = data.validation_report(result.body)
+        if not report:
+            why = result.message or "no check report in the reply"
+            status.update(f"[$error]validation not run: {escape(why)}[/]")
             return
         self.checks = data.parse_checks(result.body)
         table = self.query_one("#checks", DataTable)
@@ -262,9 +265,9 @@ class ValidateDialog(ModalScreen[None]):
                 else Text("✖ FAIL", style=theme_style(self.app, "error", bold=True))
             table.add_row(c.name, verdict, c.detail)
         passed = sum(c.ok for c in self.checks)
-        overall = result.body.get("ok") if isinstance(result.body, dict) else None
-        colour = "$success" if overall else "$error"
-        status.update(f"[{colour}]{passed}/{len(self.checks)} checks passed[/]")
+        colour = "$success" if report.get("ok") is True else "$error"
+        where = f" against {report['url']}" if isinstance(report.get("url"), str) else ""
+        status.update(f"[{colour}]{passed}/{len(self.checks)} checks passed{escape(where)}[/]")
 
     def action_close(self) -> None:
         """Close."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class LogsScreen(Screen[None]):
     """The log of one worker; worker actions still act on it."""
 
+    AUTO_FOCUS = "#log-lines"
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("f", "follow", "Follow"),

@@ -29,11 +29,12 @@ class LogTail(Vertical):
 
     DEFAULT_CSS = """
     LogTail { height: 1fr; }
-    LogTail > #log-status { height: 1; }
-    LogTail > #log-search { display: none; }
-    LogTail.-searching > #log-search { display: block; }
-    LogTail > Log { height: 1fr; }
+    LogTail #log-status { height: 1; }
+    LogTail #log-search { display: none; }
+    LogTail.-searching #log-search { display: block; }
+    LogTail Log { height: 1fr; }
     """
+    SCOPED_CSS = False
 
     follow: reactive[bool] = reactive(True)
     paused: reactive[bool] = reactive(False)
@@ -69,7 +70,7 @@ class LogTail(Vertical):
         client = self.app.client  # type: ignore[attr-defined]
         while True:
             try:
-                self._source("following")
+                self._source("live")
                 async for line in data.follow_logs(client, self.worker):
                     self._pending.append(line)
                 self._source("stream ended; reconnecting")

@@ -97,10 +97,10 @@ class Plot(Widget):
             return Text(f"{d.title}\n(no data yet)", style="dim")
         extra = (d.trend[0][1], d.trend[1][1]) if d.trend is not None else ()
         plt.ylim(*y_range(d.ys, extra))
-        plt.plot(list(d.xs), list(d.ys), marker="braille", color=plot_colour(self.app, d.colour))
-        if d.trend is not None:
+        if d.trend is not None:  # under the data, so the data stays readable
             (x0, y0), (x1, y1) = d.trend
             plt.plot([x0, x1], [y0, y1], marker="braille", color=plot_colour(self.app, "warning"))
+        plt.plot(list(d.xs), list(d.ys), marker="braille", color=plot_colour(self.app, d.colour))
         with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
             return Text.from_ansi(plt.build(), no_wrap=True, end="")
         return Text(d.title, style="dim")
