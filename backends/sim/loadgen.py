@@ -365,79 +365,98 @@ class _Conn(asyncio.Protocol):
 
 
 class _Pool:
-    """Up to `limit` connections to one host; LIFO reuse keeps few of them busy."""
+    """Up to `limit` connections to one host, opened on demand, reused LIFO.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, limit: int) -> None:
+    A request that finds no idle connection queues; the pool then opens connections
+    (at most `max_connecting` at once) and hands each one, like every released one, to
+    the oldest waiter. So a burst is served by whichever comes first, a freed connection
+    or a new one, instead of a SYN storm of one new connection per queued request.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, limit: int,
+                 *, connect_timeout_s: float, max_connecting: int = 8) -> None:
         self._loop = loop
         self._host = host
         self._port = port
         self._limit = limit
+        self._max_connecting = max_connecting
+        self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Conn] = []
-        self._waiters: deque[asyncio.Future[_Conn | None]] = deque()
-        self.open = 0
+        self._waiters: deque[asyncio.Future[_Conn]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.open = 0  # established or connecting
+        self.connecting = 0
         self.opened = 0
 
     async def acquire(self, deadline: float) -> _Conn:
-        while True:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
-                self.open -= 1
-            if self.open < self._limit:
-                return await self._connect(deadline)
-            waiter: asyncio.Future[_Conn | None] = self._loop.create_future()
-            self._waiters.append(waiter)
-            got = await _until(self._loop, waiter, deadline)
-            if got is not None and not got.closed:
-                return got
-            if got is not None:
-                self.open -= 1
-
-    async def _connect(self, deadline: float) -> _Conn:
-        self.open += 1
-        remaining = deadline - _now()
-        try:
-            if remaining <= 0:
-                raise _Timeout()
-            try:
-                _, conn = await asyncio.wait_for(
-                    self._loop.create_connection(lambda: _Conn(self._loop), self._host, self._port),
-                    remaining)
-            except asyncio.TimeoutError:
-                raise _Timeout() from None
-        except BaseException:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
             self.open -= 1
-            self._wake_one()
-            raise
+        waiter: asyncio.Future[_Conn] = self._loop.create_future()
+        self._waiters.append(waiter)
+        self._grow()
+        return await _until(self._loop, waiter, deadline)
+
+    def _pending(self) -> int:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+        return len(self._waiters)
+
+    def _grow(self) -> None:
+        while (self.connecting < self._max_connecting and self.open < self._limit
+               and self._pending() > self.connecting):
+            self.open += 1
+            self.connecting += 1
+            task = self._loop.create_task(self._connect())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self._loop.create_connection(lambda: _Conn(self._loop), self._host, self._port),
+                self._connect_timeout_s)
+        except (OSError, asyncio.TimeoutError) as e:
+            self.connecting -= 1
+            self.open -= 1
+            # the oldest waiter learns why; the others keep their turn (and deadline)
+            error: BaseException = e if isinstance(e, OSError) else _Timeout()
+            self._hand(None, error)
+            self._grow()
+            return
+        self.connecting -= 1
         self.opened += 1
-        return conn
+        self.release(conn)
+
+    def _hand(self, conn: _Conn | None, error: BaseException | None = None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            if conn is not None:
+                waiter.set_result(conn)
+            else:
+                waiter.set_exception(error or _Timeout())
+            return True
+        return False
 
     def release(self, conn: _Conn) -> None:
         if conn.closed or not conn.keep_alive:
             self.discard(conn)
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        self._idle.append(conn)
+        if not self._hand(conn):
+            self._idle.append(conn)
 
     def discard(self, conn: _Conn) -> None:
         conn.close()
         self.open -= 1
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        # a slot is free: let the oldest waiter open a connection itself
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        self._grow()
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for conn in self._idle:
             conn.close()
         self._idle.clear()
@@ -633,7 +652,8 @@ class LoadGen:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._reset_counters()
-        pool = _Pool(loop, self._host, self._port, self.spec.max_connections)
+        pool = _Pool(loop, self._host, self._port, self.spec.max_connections,
+                     connect_timeout_s=self.spec.deadline_s)
         tasks: set[asyncio.Task[None]] = set()
         progress = loop.create_task(self._progress_loop()) if self._on_progress else None
         interval = 1.0 / self.spec.rate

@@ -87,6 +87,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds at the first rate, unreported")
     ap.add_argument("--deadline-s", type=float, default=5.0)
     ap.add_argument("--verify", choices=("cheap", "full"), default="cheap")
+    ap.add_argument("--vary-text", action="store_true",
+                    help="a different text per request (defeats any per-text cache)")
+    ap.add_argument("--input-tokens", type=int, default=None, help="about N tokens per input")
     ap.add_argument("--worker-arg", action="append", default=[],
                     help="extra worker argument (repeat; e.g. --worker-arg=--sim-dim=1024)")
     args = ap.parse_args()
@@ -99,12 +102,17 @@ def main() -> int:
             "--is-embedding", "--host", "127.0.0.1", "--port", str(port), "--enable-metrics",
             "--sim-load-s", "0.2", "--sim-warmup-s", "0.1",
             "--sim-base-latency-ms", "0", "--sim-per-token-us", "0", *args.worker_arg]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a private simulated-GPU registry: other sim workers on the box do not take its memory
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EMBEDOPS_SIM_GPU_DIR": str(log.parent / "gpu")}
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=str(REPO), env=env, start_new_session=True)
     pgid = proc.pid  # own session: the group id is the leader's pid
-    result: dict[str, object] = {"machine": _machine(), "worker_argv": argv[1:], "runs": []}
+    result: dict[str, object] = {
+        "machine": _machine(), "worker_argv": argv[1:],
+        "load": {"duration_s": args.duration, "verify": args.verify, "vary_text": args.vary_text,
+                 "input_tokens": args.input_tokens, "inputs_per_request": 1},
+        "runs": []}
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -126,7 +134,8 @@ def main() -> int:
         for rate in rates:
             w0, s0, t0 = _tree_cpu_s(proc.pid), _self_cpu_s(), time.monotonic()
             rep = run_load(LoadSpec(url=url, rate=rate, duration_s=args.duration, dimension=2560,
-                                    deadline_s=args.deadline_s, verify=args.verify))
+                                    deadline_s=args.deadline_s, verify=args.verify,
+                                    vary_text=args.vary_text, input_tokens=args.input_tokens))
             wall = time.monotonic() - t0
             w1, s1 = _tree_cpu_s(proc.pid), _self_cpu_s()
             result["runs"].append({  # type: ignore[union-attr]
