@@ -202,10 +202,16 @@ def install_routes(server: ControlServer, sup: Supervisor) -> None:
         except ActionError as exc:
             raise ControlError(exc.status, exc.code, str(exc)) from exc
         if not req.query_bool("wait"):
-            return ControlResponse.json({"action_id": action_id, "accepted": True}, status=202)
-        result = await asyncio.shield(task)
+            # An action checks its arguments before its first await: one turn of the
+            # loop is enough to answer a refusal (400 bad value...) instead of a 202.
+            await asyncio.sleep(0)
+            if not task.done() or task.result()["outcome"] != "refused":
+                return ControlResponse.json({"action_id": action_id, "accepted": True},
+                                            status=202)
+        result = dict(await asyncio.shield(task))
+        status, code = result.pop("_status", 409), result.pop("_code", "refused")
         if result["outcome"] == "refused":
-            raise ControlError(409, "refused", result["message"])
+            raise ControlError(status, code, result["message"])
         return result
 
     def body(req: ControlRequest) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,7 +55,11 @@ async def serve(cfg: FleetConfig, state_dir: StateDir, *, read_only_uids: set[in
         install_routes(server, sup)
         await server.start()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # Signal handlers only exist for the main thread (an in-process supervisor on
+        # another thread, as in the tests, is stopped through the control API).
+        signals = ((signal.SIGTERM, signal.SIGINT)
+                   if threading.current_thread() is threading.main_thread() else ())
+        for sig in signals:
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sup.shutdown()))
         try:
             await sup.start()
@@ -65,6 +70,8 @@ async def serve(cfg: FleetConfig, state_dir: StateDir, *, read_only_uids: set[in
             # let an in-flight shutdown reply go out before the socket closes
             await asyncio.sleep(0.2)
         finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
             await server.stop()
         return 0
     finally:

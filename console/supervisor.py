@@ -480,10 +480,19 @@ class Supervisor:
     async def _probe_once(self, w: WorkerRuntime) -> None:
         client = self._clients[w.name]
         if w.state is S.STARTING:
+            # The real probe decides readiness; /health (which takes >= 1 s on SGLang:
+            # a 1-token request plus a 1 s sleep) only names the startup phase, so it is
+            # asked only while the probe does not pass yet.
+            result = await client.probe(self.cfg.probe.text, dimension=w.spec.dimension,
+                                        timeout_s=self.cfg.probe.timeout_floor_s)
+            if result.ok and w.state is S.STARTING:
+                progressed = w.fold_probe(self.clock(), result)
+                await self._apply(w, w.lifecycle.observe_probe(
+                    self.clock(), True, latency_s=result.latency_s, progressing=progressed))
+                return
             check = await client.health(timeout_s=max(3.0, self.cfg.probe.timeout_floor_s))
             await self._apply(w, w.lifecycle.observe_health(self.clock(), check.status))
-            if check.status != 200:
-                return
+            return
         now = self.clock()
         p99 = w.probe_window.percentile(0.99, now)
         timeout = probe_timeout_s(p99, floor_s=self.cfg.probe.timeout_floor_s)
@@ -805,10 +814,12 @@ class Supervisor:
 
         async def run() -> dict[str, Any]:
             outcome, message = "failed", ""
+            refusal: tuple[int, str] = (409, "refused")
             try:
                 outcome, message = await body(self, w, args or {})
             except ActionError as exc:
                 outcome, message = "refused", str(exc)
+                refusal = (exc.status, exc.code)
             except IllegalTransition as exc:
                 outcome, message = "refused", str(exc)
             except Exception as exc:  # noqa: BLE001 - reported to the caller and the audit log
@@ -826,8 +837,13 @@ class Supervisor:
             self._event("action", worker, f"{action} {outcome}: {message} ({duration:.1f} s)",
                         outcome=outcome)
             self._save_state()
-            return {"action_id": action_id, "action": action, "worker": worker,
-                    "outcome": outcome, "message": message, "duration_s": round(duration, 3)}
+            result = {"action_id": action_id, "action": action, "worker": worker,
+                      "outcome": outcome, "message": message, "duration_s": round(duration, 3)}
+            if outcome == "refused":
+                # how the API answers a refusal (400 bad value, 409 conflict...); not
+                # part of the outcome body
+                result["_status"], result["_code"] = refusal
+            return result
 
         task = asyncio.create_task(run(), name=f"action-{action}-{worker}")
         self._jobs[action_id] = task
