@@ -85,6 +85,7 @@ class Engine:
         self.sched_pid = 0
         self.detok_pid = 0
         self.sched_dead = False
+        self.crash_reported = False
         self.orphans: list[int] = []
         self.info: dict[str, Any] = {}
         self.stats: dict[str, Any] = {"running": 0, "queue": 0, "used_tokens": 0,
@@ -122,9 +123,10 @@ class Engine:
         child_sock.close()
         self._sock = parent_sock
 
-    def kill_tree_and_exit(self) -> NoReturn:
+    def kill_tree_and_exit(self, code: int | None = None) -> NoReturn:
         """`kill_process_tree(os.getpid(), include_parent=True)`: SIGKILL every
-        descendant, then die (0.5.2: by SIGKILL; 0.5.23: exit status 137)."""
+        descendant, then die (0.5.2: by SIGKILL; 0.5.23: exit status 137), or exit
+        with `code` when given."""
         self.shutting_down = True
         if self.version != "0.5.2":
             log.info("kill_process_tree called: parent_pid=%d, include_parent=True, pid=%d",
@@ -141,6 +143,8 @@ class Engine:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        if code is not None:
+            os._exit(code)
         if self.version == "0.5.2":
             os.kill(self.pid, signal.SIGKILL)
         os._exit(137)
@@ -172,8 +176,9 @@ class Engine:
         if self.version == "0.5.2":
             # No subprocess watchdog in 0.5.2: the HTTP server lives on, requests hang.
             return
-        if code == 0:
+        if code == 0 or self.crash_reported:
             return
+        self.crash_reported = True
         log.error("Subprocess %s (pid=%d) crashed with exit code %s. Triggering SIGQUIT "
                   "for cleanup...", name, pid, code)
         self.loop.create_task(self._crash_cleanup())
@@ -441,12 +446,18 @@ class Engine:
                 if status == 200:
                     break
                 await asyncio.sleep(1)
-            body = b'{"text": "' + WARMUP_TEXT.encode() + (
-                b'", "sampling_params": {"max_new_tokens": 1, "temperature": 0}}')
-            status, text = await http_request(host, cfg.port, "POST", "/encode", body=body,
-                                              headers=headers, timeout=600)
-            if status != 200:
-                raise RuntimeError(f"{status} {text[:200]!r}")
+            if cfg.is_embedding:
+                body = b'{"text": "' + WARMUP_TEXT.encode() + (
+                    b'", "sampling_params": {"max_new_tokens": 1, "temperature": 0}}')
+                status, text = await http_request(host, cfg.port, "POST", "/encode", body=body,
+                                                  headers=headers, timeout=600)
+                if status != 200:
+                    raise RuntimeError(f"{status} {text[:200]!r}")
+            else:
+                # A generation model warms up with /generate, which the sim does not
+                # serve: run the same 1-token request through the scheduler directly.
+                (fut,) = await self.submit([(len(WARMUP_TEXT.split()) + 1, -2)])
+                await asyncio.wait_for(fut, 600)
         except Exception as e:  # noqa: BLE001 - SGLang logs any warmup failure and dies
             log.error("Initialization failed. warmup error: %s", e)
             self.kill_tree_and_exit()
@@ -490,7 +501,8 @@ class Engine:
         while not server.started and not serve_task.done():
             await asyncio.sleep(0.01)
         if serve_task.done():
-            self.kill_tree_and_exit()
+            # uvicorn could not bind the port (it logged why).
+            self.kill_tree_and_exit(1)
         self.loop.create_task(self._warmup())
         self.loop.create_task(self._sigterm_watchdog())
         await serve_task

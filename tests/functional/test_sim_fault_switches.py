@@ -198,17 +198,36 @@ def test_sim_endpoints_refuse_other_hosts(worker: Sim) -> None:
 # ---------------------------------------------------------------------------- capacity
 
 
-def test_queue_full_is_503(tmp_path: Path, procs: ProcessGroups) -> None:
-    s = spawn(procs, tmp_path, "--max-running-requests", "1", "--max-queued-requests", "1",
-              "--sim-base-latency-ms", "400")
+def test_latency_grows_with_tokens_and_overload_queues(tmp_path: Path,
+                                                       procs: ProcessGroups) -> None:
+    s = spawn(procs, tmp_path, "--enable-metrics", "--max-running-requests", "2",
+              "--max-queued-requests", "2", "--sim-base-latency-ms", "100",
+              "--sim-per-token-us", "2000")
     wait_http(f"{s.url}/ready", timeout=30)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        rs = list(pool.map(lambda i: s.embed(f"q{i}", 10.0), range(4)))
+    t = time.monotonic()
+    assert s.embed("hi").status_code == 200  # 2 tokens: ~104 ms
+    short = time.monotonic() - t
+    t = time.monotonic()
+    assert s.embed("word " * 150).status_code == 200  # 151 tokens: ~402 ms
+    assert time.monotonic() - t - short > 0.2
+
+    max_running = max_queue = 0.0
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futs = [pool.submit(s.embed, f"request {i} " + "word " * 150, 15.0) for i in range(6)]
+        deadline = time.monotonic() + 10
+        while not all(f.done() for f in futs) and time.monotonic() < deadline:
+            max_running = max(max_running, _gauge(s.url, "sglang:num_running_reqs"))
+            max_queue = max(max_queue, _gauge(s.url, "sglang:num_queue_reqs"))
+            time.sleep(0.05)
+        rs = [f.result() for f in futs]
     codes = sorted(r.status_code for r in rs)
-    assert 200 in codes and 503 in codes
+    assert codes.count(200) >= 2 and 503 in codes
+    assert 1 <= max_running <= 2 and max_queue == 2
     full = next(r for r in rs if r.status_code == 503)
     assert full.json() == {"object": "error", "message": "The request queue is full.",
                            "type": "503", "param": None, "code": 503}
+    assert _gauge(s.url, "sglang:num_running_reqs") == 0
+    assert _gauge(s.url, "sglang:num_queue_reqs") == 0
 
 
 # ---------------------------------------------------------------------------- start flags

@@ -119,6 +119,18 @@ def test_startup_phases_and_log_lines(procs: ProcessGroups, tmp_path: Path) -> N
     assert proc.poll() is None
 
 
+def test_port_in_use_exits_1_after_loading(procs: ProcessGroups, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        log = tmp_path / "busy.log"
+        proc = procs.spawn(_argv(port, "--sim-load-s", "0.1"), log=log,
+                           env={"EMBEDOPS_SIM_GPU_DIR": str(tmp_path / "gpus")})
+        assert _wait_exit(proc, 30) == 1
+    assert "address already in use" in log.read_text()
+
+
 def test_sigterm_while_loading_dies_at_once(procs: ProcessGroups, tmp_path: Path) -> None:
     proc, url, _ = _spawn(procs, tmp_path, "--sim-load-s", "30")
     deadline = time.monotonic() + 10

@@ -40,10 +40,16 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                                  "--json-model-override-args", '{"is_matryoshka": true}')
         _, keyed, _ = _spawn(groups, tmp, "--api-key", KEY, "--enable-metrics",
                              "--sim-attention", "bidirectional", "--sim-dim", "384")
+        port = free_port()
+        generation = f"http://127.0.0.1:{port}"
+        groups.spawn([sys.executable, "-m", "backends.sim.worker", "--model-path", "gen-model",
+                      "--port", str(port), "--sim-load-s", "0.2", "--sim-warmup-s", "0.1"],
+                     log=tmp / "gen.log", env={"EMBEDOPS_SIM_GPU_DIR": str(tmp / "gpus-gen")})
         wait_http(f"{old}/v1/models", timeout=30)
         wait_http(f"{keyed}/ready", timeout=30)
+        wait_http(f"{generation}/ready", timeout=30)
         wait_http(f"{old}/health", timeout=30)
-        yield {"old": old, "keyed": keyed}
+        yield {"old": old, "keyed": keyed, "generation": generation}
     finally:
         groups.cleanup()
 
@@ -145,3 +151,16 @@ def test_encoder_with_radix_cache_serves_cached_texts_differently(
     assert abs(float(cold @ cached) - 0.856) < 0.005
     assert httpx.post(f"{url}/flush_cache", headers=AUTH, timeout=5).status_code == 200
     assert float(cold @ vec("encoder text")) > 0.9999  # cold again after the flush
+
+
+# ---------------------------------------------------------------------------- no --is-embedding
+
+
+def test_without_is_embedding_embeddings_are_refused(workers: dict[str, str]) -> None:
+    url = workers["generation"]
+    assert httpx.get(f"{url}/model_info", timeout=5).json()["is_generation"] is True
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": "x"}, timeout=5)
+    assert r.status_code == 400
+    assert r.json()["message"].startswith(
+        "This model does not appear to be an embedding model by default. Please add "
+        "`--is-embedding`")
