@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `embedops` argument parser with every subcommand of `SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="embedops",
-        description="Operations console for fleets of SGLang embedding workers.")
+        description="Operations console for fleets of SGLang embedding workers. "
+                    "Without a COMMAND, opens the console (`embedops console`).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in [*SUBCOMMANDS, *_fleet_commands()]:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -167,10 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_to_console(argv: list[str]) -> list[str]:
+    """Plain ``embedops`` (options allowed, e.g. ``embedops -c fleet.toml``) opens the
+    console; ``--help`` and named subcommands are left alone."""
+    from console import commands
+
+    names = {c.name for c in SUBCOMMANDS} | {row[0] for row in commands.COMMANDS}
+    if any(a in names or a in ("-h", "--help") for a in argv):
+        return argv
+    return ["console", *argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `embedops` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_default_to_console(list(sys.argv[1:] if argv is None else argv)))
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)

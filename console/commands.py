@@ -15,14 +15,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from console import config as fleet_config
 from console.control import ControlError, SupervisorNotRunning, SyncControlClient
-from console.statedir import StateDir
+from console.statedir import ENV_STATE_DIR, StateDir
 
 SPIN_STATES = {"starting", "restarting", "backoff", "stopping", "draining", "crashed"}
+CLIENT_TIMEOUT_S = 10.0
+SETTLED_STATES = {"ready", "degraded", "failed", "stopped", "drained"}
+QUEUED_GRACE_S = 10.0
+"""A just-started supervisor lists the workers waiting for their first start (one per
+card at a time) as "stopped"; for this long that is read as "queued", not as settled."""
 
 
 class CommandError(Exception):
@@ -50,32 +54,45 @@ def _load(args: argparse.Namespace) -> fleet_config.FleetConfig:
                            ) from exc
 
 
+def _explicit_state_dir(args: argparse.Namespace) -> str | None:
+    return getattr(args, "state_dir", None) or os.environ.get(ENV_STATE_DIR) or None
+
+
+def fleet_state_dir(args: argparse.Namespace, cfg: fleet_config.FleetConfig) -> StateDir:
+    """The state directory of a loaded fleet: ``--state-dir``, else ``$EMBEDOPS_STATE_DIR``,
+    else the fleet file's (its ``state_dir`` or the XDG default). The same order as
+    `state_dir_for`, so `up` and the client commands always meet on one socket."""
+    explicit = _explicit_state_dir(args)
+    return StateDir(explicit) if explicit else StateDir(cfg.state_path)
+
+
 def state_dir_for(args: argparse.Namespace) -> StateDir:
     """The state directory a client command addresses."""
-    explicit = getattr(args, "state_dir", None) or os.environ.get("EMBEDOPS_STATE_DIR")
+    explicit = _explicit_state_dir(args)
     if explicit:
         return StateDir(explicit)
     path = fleet_config.config_path(getattr(args, "config", None))
     if not path.exists():
         raise CommandError(f"no fleet file at {path} and no --state-dir: say which fleet "
-                           "(--config FILE, --state-dir DIR or $EMBEDOPS_STATE_DIR)")
-    cfg = _load(args)
-    return StateDir(cfg.state_path)
+                           f"(--config FILE, --state-dir DIR or ${ENV_STATE_DIR})")
+    return fleet_state_dir(args, _load(args))
 
 
-def _client(args: argparse.Namespace, timeout: float | None = 10.0) -> SyncControlClient:
-    return SyncControlClient(state_dir_for(args).socket_path, timeout=timeout)
+def _client(args: argparse.Namespace) -> SyncControlClient:
+    return SyncControlClient(state_dir_for(args).socket_path, timeout=CLIENT_TIMEOUT_S)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
-          *, wait: bool = True, timeout: float | None = None) -> Any:
+          *, wait: bool = True) -> Any:
+    """One control call. Reads, and actions sent without waiting, time out after
+    `CLIENT_TIMEOUT_S`; a waited action (``?wait=1``) lasts as long as the action does
+    (a restart takes the worker's startup time), so it has no time limit."""
     params = {"wait": "1"} if wait and method != "GET" else None
-    with _client(args, timeout=timeout) as client:
+    with _client(args) as client:
         if method == "GET":
             return client.get(path)
-        if method == "DELETE":
-            return client.delete(path, params=params)
-        return client.post(path, json=body, params=params)
+        return client.request(method, path, json=body, params=params,
+                              timeout=None if params else CLIENT_TIMEOUT_S)[1]
 
 
 # ------------------------------------------------------------------ supervise / up / down
@@ -90,8 +107,7 @@ def _run_supervise(args: argparse.Namespace) -> int:
     from console.daemon import run_supervisor
 
     cfg = _load(args)
-    sd = StateDir(args.state_dir) if args.state_dir else StateDir(cfg.state_path)
-    return run_supervisor(cfg, sd, verbose=args.verbose)
+    return run_supervisor(cfg, fleet_state_dir(args, cfg), verbose=args.verbose)
 
 
 def _add_up(p: argparse.ArgumentParser) -> None:
@@ -101,19 +117,26 @@ def _add_up(p: argparse.ArgumentParser) -> None:
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    from console.daemon import spawn_supervisor, supervisor_answers
+    from console.daemon import FatalError, spawn_supervisor, supervisor_answers
 
     cfg = _load(args)
-    sd = StateDir(args.state_dir) if args.state_dir else StateDir(cfg.state_path)
+    sd = fleet_state_dir(args, cfg)
     if supervisor_answers(sd):
         print(f"embedops: a supervisor already runs fleet {cfg.name} ({sd.root})")
     else:
         path = fleet_config.config_path(args.config).absolute()
-        ident = spawn_supervisor(path, sd)
+        try:
+            ident = spawn_supervisor(path, sd)
+        except FatalError as exc:
+            raise CommandError(str(exc)) from exc
         print(f"embedops: started supervisor pid {ident.pid} for fleet {cfg.name} "
-              f"(log {sd.supervisor_log})")
+              f"(log {sd.supervisor_log})", flush=True)
     timeout = args.timeout or cfg.startup_timeout_s + 60
-    return _wait_ready(SyncControlClient(sd.socket_path), timeout)
+    try:
+        return _wait_ready(SyncControlClient(sd.socket_path), timeout)
+    except SupervisorNotRunning as exc:
+        raise CommandError(f"the supervisor stopped answering while the workers started; "
+                           f"see {sd.supervisor_log}") from exc
 
 
 def _wait_ready(client: SyncControlClient, timeout_s: float) -> int:
@@ -131,15 +154,18 @@ def _wait_ready(client: SyncControlClient, timeout_s: float) -> int:
                 phase = w["state"]
                 if phase == "starting" and w.get("startup_phase"):
                     phase = f"starting ({w['startup_phase']})"
+                elif _queued(w, snap):
+                    phase = "queued"
                 parts.append(f"{w['name']}: {phase}")
             elapsed = time.monotonic() - t0
-            line = f"[{elapsed:5.1f}s] " + " · ".join(parts)
+            line = f"[{elapsed:5.1f}s] " + (" · ".join(parts) or "starting the balancer")
             if line != last:
                 print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n",
                       flush=True)
                 last = line
-            states = {w["state"] for w in workers}
-            if states <= {"ready", "degraded", "failed", "stopped", "drained"} and workers:
+            settled = all(w["state"] in SETTLED_STATES and not _queued(w, snap)
+                          for w in workers)
+            if settled and workers:
                 if tty:
                     print()
                 bad = [w for w in workers if w["state"] not in ("ready", "degraded")]
@@ -157,6 +183,15 @@ def _wait_ready(client: SyncControlClient, timeout_s: float) -> int:
             time.sleep(0.5)
 
 
+def _queued(w: dict[str, Any], snap: dict[str, Any]) -> bool:
+    """Whether `w` is still waiting for its first start under a fresh supervisor."""
+    return (w["state"] == "stopped" and w["pid"] is None and not w["restarts"]
+            and (snap["supervisor"]["uptime_s"] or 0.0) < QUEUED_GRACE_S)
+
+
+DOWN_TIMEOUT_S = 180.0
+
+
 def _add_down(p: argparse.ArgumentParser) -> None:
     _add_fleet_options(p)
     p.add_argument("--keep-workers", action="store_true",
@@ -167,17 +202,22 @@ def _run_down(args: argparse.Namespace) -> int:
     sd = state_dir_for(args)
     stop = not args.keep_workers
     try:
-        with SyncControlClient(sd.socket_path, timeout=None) as client:
+        with SyncControlClient(sd.socket_path, timeout=CLIENT_TIMEOUT_S) as client:
             client.post("/v1/shutdown", json={"stop_workers": stop})
     except SupervisorNotRunning:
         print("embedops: no supervisor is running for this fleet", file=sys.stderr)
         return 1
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + DOWN_TIMEOUT_S
     from console.daemon import supervisor_answers
 
-    while supervisor_answers(sd) and time.monotonic() < deadline:
+    while supervisor_answers(sd):
+        if time.monotonic() > deadline:
+            print(f"embedops: the supervisor still answers after {DOWN_TIMEOUT_S:g} s; "
+                  f"see {sd.supervisor_log}", file=sys.stderr)
+            return 1
         time.sleep(0.2)
-    print("embedops: fleet stopped" if stop else "embedops: supervisor stopped; workers left running")
+    print("embedops: fleet stopped" if stop
+          else "embedops: supervisor stopped; workers left running")
     return 0
 
 
@@ -246,16 +286,27 @@ def _action_runner(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {}
         if action == "kill":
-            if not args.yes:
-                answer = input(f"kill {args.worker} now (SIGKILL, no drain)? type the worker "
-                               "name to confirm: ")
-                if answer.strip() != args.worker:
-                    print("embedops: not confirmed; nothing done", file=sys.stderr)
-                    return 1
+            if not args.yes and not _confirm(f"kill {args.worker} now (SIGKILL, no drain)? "
+                                             "type the worker name to confirm: ", args.worker):
+                return 1
             body = {"confirm": True}
         return _print_outcome(_call(args, "POST", f"/v1/workers/{args.worker}/{action}", body,
                                     wait=not args.no_wait))
     return run
+
+
+def _confirm(prompt: str, expected: str) -> bool:
+    """Ask on stdin for `expected`; False (with a message) on anything else or EOF."""
+    try:
+        answer = input(prompt)
+    except EOFError:
+        print("\nembedops: no answer on stdin; nothing done (pass --yes to skip the question)",
+              file=sys.stderr)
+        return False
+    if answer.strip() != expected:
+        print("embedops: not confirmed; nothing done", file=sys.stderr)
+        return False
+    return True
 
 
 def _print_outcome(result: dict[str, Any]) -> int:
@@ -263,8 +314,9 @@ def _print_outcome(result: dict[str, Any]) -> int:
         print(f"embedops: accepted (action {result.get('action_id')})")
         return 0
     stream = sys.stdout if result["outcome"] == "ok" else sys.stderr
-    print(f"{result['action']} {result.get('worker') or ''}: {result['outcome']}: "
-          f"{result['message']} ({result['duration_s']:.1f} s)", file=stream)
+    who = f"{result['action']} {result['worker']}" if result.get("worker") else result["action"]
+    print(f"{who}: {result['outcome']}: {result['message']} ({result['duration_s']:.1f} s)",
+          file=stream)
     return 0 if result["outcome"] == "ok" else 1
 
 
@@ -304,12 +356,10 @@ def _add_rollout(p: argparse.ArgumentParser) -> None:
 
 def _run_rollout(args: argparse.Namespace) -> int:
     snap = _call(args, "GET", "/v1/status")
-    if not args.yes:
-        answer = input(f"rolling restart of every worker of fleet {snap['fleet']}: type the "
-                       "fleet name to confirm: ")
-        if answer.strip() != snap["fleet"]:
-            print("embedops: not confirmed; nothing done", file=sys.stderr)
-            return 1
+    if not args.yes and not _confirm(f"rolling restart of every worker of fleet "
+                                     f"{snap['fleet']}: type the fleet name to confirm: ",
+                                     snap["fleet"]):
+        return 1
     return _print_outcome(_call(args, "POST", "/v1/rollout", {"soak_s": args.soak}))
 
 
@@ -372,7 +422,7 @@ def _run_validate(args: argparse.Namespace) -> int:
         report = asyncio.run(run_validation(args.url, model=model, dimension=dim,
                                             api_key=os.environ.get("EMBEDOPS_API_KEY")))
     else:
-        result = _call(args, "POST", "/v1/validate", {"target": args.target}, timeout=None)
+        result = _call(args, "POST", "/v1/validate", {"target": args.target})
         report = result.get("report") or {"url": args.target, "ok": False, "checks": []}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -393,7 +443,7 @@ def _add_logs(p: argparse.ArgumentParser) -> None:
 def _run_logs(args: argparse.Namespace) -> int:
     path = f"/v1/workers/{args.worker}/logs"
     params = {"lines": str(args.lines)}
-    with _client(args, timeout=None) as client:
+    with _client(args) as client:
         if args.follow:
             for item in client.stream(path, {**params, "follow": "1"}):
                 print(item.get("line", ""), flush=True)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from backends import procs
 from console import config as fleet_config
@@ -65,13 +65,40 @@ def _stop_fleet(sd: StateDir, timeout_s: float = 60.0) -> None:
             client.post("/v1/shutdown", json={"stop_workers": True})
     except (SupervisorNotRunning, OSError):
         return
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass
+    except Exception as exc:  # noqa: BLE001 - it may still have got it: wait and see
+        print(f"embedops demo: the shutdown request failed: {exc}", file=sys.stderr)
     from console.daemon import supervisor_answers
 
     deadline = time.monotonic() + timeout_s
     while supervisor_answers(sd) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (terminal closed): unwind like ^C so the fleet is stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+def _catch_termination() -> dict[int, Any]:
+    """Turn SIGTERM/SIGHUP into `_Terminated` where they still have their default action;
+    returns the previous handlers for `_restore`."""
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            old[sig] = signal.signal(sig, _raise_terminated)
+    return old
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def run_demo(*, workers: int, gpus: int, rate: float, state_dir: str | None, headless: bool,
@@ -84,21 +111,22 @@ def run_demo(*, workers: int, gpus: int, rate: float, state_dir: str | None, hea
     if not 1 <= workers <= 64 or not 1 <= gpus <= 16 or rate < 0:
         print("embedops: --workers 1..64, --gpus 1..16, --rate >= 0", file=sys.stderr)
         return 2
+    handlers = _catch_termination()
     tmp = None if state_dir else tempfile.mkdtemp(prefix="embedops-demo-")
     sd = StateDir(state_dir or tmp)  # type: ignore[arg-type]
-    sd.ensure()
     load: procs.ProcessIdentity | None = None
     started = False
     try:
+        sd.ensure()
         cfg_path = sd.root / "fleet.toml"
         if supervisor_answers(sd):
-            print(f"embedops: a demo fleet already runs in {sd.root}; attaching")
+            print(f"embedops: a demo fleet already runs in {sd.root}; attaching", flush=True)
         else:
             cfg_path.write_text(demo_config(workers, gpus, _free_ports(2 + workers)))
             cfg = fleet_config.load_config(cfg_path)
             print(f"embedops demo: {workers} simulated workers on {gpus} simulated 80 GB cards "
                   f"behind sglang-router {cfg.balancer.host}:{cfg.balancer.port}")
-            print(f"embedops demo: state directory {sd.root}")
+            print(f"embedops demo: state directory {sd.root}", flush=True)
             try:
                 started = True
                 spawn_supervisor(cfg_path, sd)
@@ -115,14 +143,20 @@ def run_demo(*, workers: int, gpus: int, rate: float, state_dir: str | None, hea
                         "--model", cfg.model.served_name or cfg.model.path, "--vary-text",
                         "--deadline-s", "10", "--progress", "none", "--quiet")
                 load = procs.spawn_detached(LaunchCommand(argv=argv), sd.root / "loadgen.log")
-                print(f"embedops demo: load generator at {rate:g} req/s (pid {load.pid})")
+                print(f"embedops demo: load generator at {rate:g} req/s (pid {load.pid})",
+                      flush=True)
         if headless:
             return _headless(sd, duration, format_status)
         return open_console(sd, read_only=False, theme=theme, demo=True)
+    except _Terminated as exc:
+        return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
     finally:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish cleaning up on a 2nd ^C
+        # finish cleaning up on a 2nd ^C or a SIGTERM
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _restore(handlers)
+        term = {sig: signal.signal(sig, signal.SIG_IGN) for sig in handlers}
         try:
             if load is not None:
                 import asyncio
@@ -135,16 +169,30 @@ def run_demo(*, workers: int, gpus: int, rate: float, state_dir: str | None, hea
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
             signal.signal(signal.SIGINT, old)
+            _restore(term)
 
 
-def _headless(sd: StateDir, duration: float | None, fmt: Callable[[dict], str]) -> int:
+def _headless(sd: StateDir, duration: float | None,
+              fmt: Callable[[dict[str, Any]], str]) -> int:
+    """Print a status table every `HEADLESS_EVERY_S` until `duration` has passed."""
     deadline = None if duration is None else time.monotonic() + duration
     with SyncControlClient(sd.socket_path, timeout=10.0) as client:
-        while deadline is None or time.monotonic() < deadline:
-            print(fmt(client.get("/v1/status")), flush=True)
+        while True:
+            try:
+                snap = client.get("/v1/status")
+            except SupervisorNotRunning:
+                print(f"embedops: the demo's supervisor stopped answering; see "
+                      f"{sd.supervisor_log}", file=sys.stderr)
+                return 1
+            print(fmt(snap), flush=True)
             print(flush=True)
-            time.sleep(2.0)
-    return 0
+            if deadline is not None and time.monotonic() + HEADLESS_EVERY_S > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return 0
+            time.sleep(HEADLESS_EVERY_S)
+
+
+HEADLESS_EVERY_S = 2.0
 
 
 __all__ = ["demo_config", "run_demo"]
