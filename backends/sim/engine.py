@@ -343,11 +343,14 @@ class Engine:
         if (self.version != "0.5.2" and path == "/health"
                 and not _env_true("SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", True)):
             return 200
-        if self.is_pause and self._pause_event is not None:
-            # The health request blocks on the pause condition like any other.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._pause_event.wait(), health_check_timeout())
         tic = time.time()
+        timeout = health_check_timeout()
+        if self.is_pause and self._pause_event is not None:
+            # The health request blocks on the pause condition like any other request.
+            try:
+                await asyncio.wait_for(self._pause_event.wait(), timeout)
+            except asyncio.TimeoutError:
+                return self._health_failed(tic, timeout)
         r = self._next_rid
         self._next_rid += 1
         self.pending_health.add(r)
@@ -356,13 +359,15 @@ class Engine:
             self._flush_scheduled = True
             assert self.loop is not None
             self.loop.call_soon(self._flush)
-        timeout = health_check_timeout()
         while time.time() < tic + timeout:
             await asyncio.sleep(1)
             if self.last_receive > tic:
                 self.status = UP
                 return 200
         self.pending_health.discard(r)
+        return self._health_failed(tic, timeout)
+
+    def _health_failed(self, tic: float, timeout: float) -> int:
         log.error("Health check failed. Server couldn't get a response from detokenizer for "
                   "last %d seconds. tic start time: %.2f. last_heartbeat time: %.2f",
                   int(timeout), tic, self.last_receive)

@@ -172,6 +172,17 @@ def test_freeze_scheduler_stops_the_child(worker: Sim) -> None:
     assert worker.embed("thawed").status_code == 200
 
 
+def test_paused_server_fails_health_after_the_timeout(worker: Sim) -> None:
+    assert httpx.post(f"{worker.url}/pause_generation", json={}, timeout=5).status_code == 200
+    try:
+        t = time.monotonic()
+        assert httpx.get(f"{worker.url}/health", timeout=10).status_code == 503
+        assert time.monotonic() - t >= 1.9
+    finally:
+        httpx.post(f"{worker.url}/continue_generation", json={}, timeout=5)
+    assert httpx.get(f"{worker.url}/health", timeout=10).status_code == 200
+
+
 def test_sim_endpoints_refuse_other_hosts(worker: Sim) -> None:
     # Only loopback clients may use /_sim/*: reach the worker from a non-loopback
     # address of this machine when it has one.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         generation = f"http://127.0.0.1:{port}"
         groups.spawn([sys.executable, "-m", "backends.sim.worker", "--model-path", "gen-model",
                       "--port", str(port), "--sim-load-s", "0.2", "--sim-warmup-s", "0.1"],
-                     log=tmp / "gen.log", env={"EMBEDOPS_SIM_GPU_DIR": str(tmp / "gpus-gen")})
+                     log=tmp / "gen.log", env={"EMBEDOPS_SIM_GPU_DIR": str(tmp / "gpus-gen"),
+                                               "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION": "false"})
         wait_http(f"{old}/v1/models", timeout=30)
         wait_http(f"{keyed}/ready", timeout=30)
         wait_http(f"{generation}/ready", timeout=30)
@@ -164,3 +166,13 @@ def test_without_is_embedding_embeddings_are_refused(workers: dict[str, str]) ->
     assert r.json()["message"].startswith(
         "This model does not appear to be an embedding model by default. Please add "
         "`--is-embedding`")
+
+
+def test_shallow_health_when_generation_check_is_off(workers: dict[str, str]) -> None:
+    url = workers["generation"]
+    t = time.monotonic()
+    assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+    assert time.monotonic() - t < 0.5  # SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=false
+    t = time.monotonic()
+    assert httpx.get(f"{url}/health_generate", timeout=5).status_code == 200
+    assert time.monotonic() - t >= 0.9  # still the deep check
