@@ -95,9 +95,21 @@ DEFAULT_THEME = DARK.name
 """Used when neither ``--theme`` nor the saved preference names a known theme."""
 
 
+ALIASES: dict[str, str] = {"dark": DARK.name, "light": LIGHT.name, "ansi": ANSI.name}
+"""Short names accepted by ``--theme`` (``embedops --theme ansi``)."""
+
+
+def resolve_theme(name: str | None) -> str | None:
+    """The full theme name for `name` (alias or full name), or None when unknown."""
+    if not name:
+        return None
+    full = ALIASES.get(name, name)
+    return full if full in THEMES or full in BUILTIN_THEMES else None
+
+
 def is_known_theme(name: str | None) -> bool:
-    """Whether `name` is one of ours or a Textual built-in theme."""
-    return bool(name) and (name in THEMES or name in BUILTIN_THEMES)
+    """Whether `name` is one of ours (or an alias of one) or a Textual built-in theme."""
+    return resolve_theme(name) is not None
 
 
 def next_theme(current: str) -> str:

@@ -21,6 +21,7 @@ from textual.app import App
 from textual.binding import Binding, BindingsMap
 from textual.markup import escape
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.timer import Timer
@@ -31,23 +32,24 @@ from console.tui.commands import ActionCommands
 from console.tui.data import Fetched, Snapshot, Worker
 from console.tui.prefs import load_prefs, save_prefs
 from console.tui.screens.detail import DetailScreen
-from console.tui.screens.dialogs import (AlertPicker, ConfirmDialog, RetuneDialog,
-                                         TypedConfirmDialog, ValidateDialog)
+from console.tui.screens.dialogs import (
+    AlertPicker,
+    ConfirmDialog,
+    RetuneDialog,
+    TypedConfirmDialog,
+    ValidateDialog,
+)
 from console.tui.screens.help import HelpScreen
 from console.tui.screens.logs import LogsScreen
 from console.tui.screens.main import MainScreen
 from console.tui.screens.timeline import TimelineScreen
-from themes import DEFAULT_THEME, STYLESHEET, THEMES, is_known_theme, next_theme
+from themes import DEFAULT_THEME, STYLESHEET, THEMES, next_theme, resolve_theme
 
 SILENCE_FOR_S = 1800
 
 
 class ConsoleClient(data.Client, data.Streaming, Protocol):
     """What the console needs from `console.control.ControlClient`."""
-
-
-class _Refreshable(Protocol):
-    def refresh_from_app(self, *, force: bool = False) -> None: ...
 
 
 class EmbedopsApp(App[None]):
@@ -74,8 +76,9 @@ class EmbedopsApp(App[None]):
         Args:
             client: a connected `ControlClient` (or anything with its get/post/stream).
             read_only: bind no key that changes the fleet.
-            theme: theme name (``embedops-dark``, ``embedops-light``, ``embedops-ansi`` or
-                a Textual built-in); None uses the saved preference, then the default.
+            theme: theme name (``dark``, ``light``, ``ansi``, their full names
+                ``embedops-dark``..., or a Textual built-in); None uses the saved
+                preference, then the default.
             demo: offer the fault-injection keys (only while the engine is ``sim``).
             refresh_s: seconds between status polls.
             clock: wall clock (for "last data N s ago"); ages inside the snapshot are
@@ -163,12 +166,13 @@ class EmbedopsApp(App[None]):
 
     def _pick_theme(self) -> str:
         wanted = self.requested_theme
-        if wanted and is_known_theme(wanted):
+        full = resolve_theme(wanted)
+        if full is not None:
             if self.remember_theme:
-                save_prefs({"theme": wanted})
-            return wanted
+                save_prefs({"theme": full})
+            return full
         saved = load_prefs().get("theme")
-        choice = saved if isinstance(saved, str) and is_known_theme(saved) else DEFAULT_THEME
+        choice = resolve_theme(saved if isinstance(saved, str) else None) or DEFAULT_THEME
         if wanted:
             names = ", ".join(THEMES)
             self.notify(f"unknown theme {wanted!r}; using {choice} (ours: {names})",
@@ -266,7 +270,7 @@ class EmbedopsApp(App[None]):
         for e in reversed(fresh):  # oldest first
             if e.kind != "action":
                 continue
-            severity = ("error" if e.outcome == "failed" else
+            severity: SeverityLevel = ("error" if e.outcome == "failed" else
                         "warning" if e.outcome in ("rolled_back", "refused") else "information")
             who = f"{e.worker}: " if e.worker else ""
             self.notify(f"{who}{e.message}", title="action finished", severity=severity)
@@ -372,7 +376,7 @@ class EmbedopsApp(App[None]):
             outcome = result.body.get("outcome") if isinstance(result.body, dict) else None
             self.notify(f"{what}: {outcome or 'accepted'}", timeout=3)
         else:
-            severity = "warning" if result.status == 409 else "error"
+            severity: SeverityLevel = "warning" if result.status == 409 else "error"
             self.notify(f"{what} refused: {result.message}", severity=severity)
         self.poll_now()
         return result

@@ -265,9 +265,9 @@ class Snapshot:
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> Snapshot:
-        """From the JSON body; raises ValueError only when it is not an object."""
+        """From the JSON body; raises TypeError only when it is not an object."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"status is not a JSON object: {type(d).__name__}")
+            raise TypeError(f"status is not a JSON object: {type(d).__name__}")
         return cls(
             time=_num(d, "time") or 0.0, fleet=_str(d, "fleet", "fleet"),
             engine=_str(d, "engine", "?"), read_only=_bool(d, "read_only") is True,
@@ -412,7 +412,7 @@ async def fetch_status(client: Client, clock: Any = time.time) -> Fetched:
         return got
     try:
         return Fetched(value=Snapshot.parse(got.value), at=got.at)
-    except ValueError as e:
+    except TypeError as e:
         return Fetched(error=str(e), at=got.at)
 
 

@@ -57,8 +57,8 @@ def default_snapshot() -> dict[str, Any]:
                 rps=3.5, queued=7, errors=2, gpu_mem_mib=75800, restarts=2, uptime_s=312.0,
                 mem_fraction_static=0.40, cuda_graph=False, last_probe_ok=False,
                 drift={"mem_fraction_static": {"config": 0.42, "current": 0.40}},
-                warnings=["--disable-cuda-graph has no effect for embedding models "
-                          "on SGLang 0.5.23"],
+                warnings=[("--disable-cuda-graph has no effect for embedding models "
+                           "on SGLang 0.5.23")],
                 argv=["python", "-m", "backends.sim.worker", "--model-path",
                       "Qwen/Qwen3-Embedding-4B", "--is-embedding", "--port", "30003",
                       "--mem-fraction-static", "0.40", "--disable-cuda-graph",

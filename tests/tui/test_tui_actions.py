@@ -10,8 +10,13 @@ from textual.widgets import Button, DataTable, Input
 
 from console.tui.actions import ACTIONS
 from console.tui.app import EmbedopsApp
-from console.tui.screens.dialogs import (AlertPicker, ConfirmDialog, RetuneDialog,
-                                         TypedConfirmDialog, ValidateDialog)
+from console.tui.screens.dialogs import (
+    AlertPicker,
+    ConfirmDialog,
+    RetuneDialog,
+    TypedConfirmDialog,
+    ValidateDialog,
+)
 from console.tui.screens.help import HelpScreen
 from console.tui.screens.main import MainScreen
 from console.tui.widgets.fleet_table import FleetTable

@@ -4,9 +4,13 @@ timeline, the unreachable-supervisor banner, announcements, rendering paused by 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+from rich.style import Style
 from textual.widgets import DataTable, Input
 
 from console.tui.screens.detail import DetailScreen
@@ -23,7 +27,8 @@ from tests.tui.static_supervisor import T0, StaticSupervisor, log_lines
 from tests.tui.test_tui_actions import ORDER, ready, select, settle
 
 
-def _set(name: str, **values: Any):  # noqa: ANN202 - a snapshot mutation
+def _set(name: str, **values: Any) -> Callable[[dict[str, Any]], None]:
+    """A snapshot mutation setting `values` on worker `name`."""
     def change(s: dict[str, Any]) -> None:
         for w in s["workers"]:
             if w["name"] == name:
@@ -108,10 +113,12 @@ async def test_value_updates_do_not_rebuild_rows(make_app: AppFactory,
             return original(*args, **kwargs)
 
         table.clear = counting_clear  # type: ignore[method-assign]
+        def shows(text: str) -> Callable[[], bool]:
+            return lambda: table.cell_text("w1", "rps") == text
+
         for i in range(3):
             supervisor.mutate(_set("w1", rps=float(20 + i)))
-            await wait_until(pilot, lambda i=i: table.cell_text("w1", "rps") == f"{20 + i}.0",
-                             what="new rps")
+            await wait_until(pilot, shows(f"{20 + i}.0"), what="new rps")
         assert rebuilds == 0
         assert table.selected_name() == "w4"
 
@@ -153,8 +160,9 @@ async def test_theme_key_cycles_and_is_remembered(make_app: AppFactory,
         table = app.screen.query_one(FleetTable)
         # an ANSI theme draws states in ANSI colours (the terminal's own palette)
         await pilot.pause()
-        row = table.get_row("w1")
-        colour = row[table.column_keys.index("state")].style.color
+        style = table.get_row("w1")[table.column_keys.index("state")].style
+        assert isinstance(style, Style)
+        colour = style.color
         assert colour is not None and colour.name == "color(2)"  # ANSI green
     saved = json.loads((_private_config / "embedops" / "ui.json").read_text())
     assert saved["theme"] == "embedops-ansi"
@@ -162,7 +170,7 @@ async def test_theme_key_cycles_and_is_remembered(make_app: AppFactory,
     async with again.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert again.theme == "embedops-ansi"
-    chosen = make_app(theme="embedops-light")
+    chosen = make_app(theme="light")  # the short name --theme takes
     async with chosen.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert chosen.theme == "embedops-light"
@@ -190,8 +198,9 @@ async def test_detail_screen_shows_plots_argv_drift_events(make_app: AppFactory,
         mem = plots["plot-mem"].data
         assert mem is not None and mem.trend is not None
         assert "leak +7200 MiB/h" in mem.title and "full in ~" in mem.title
-        assert len(plots["plot-p95"].data.ys) == 89  # two unknown points dropped
-        assert plots["plot-p95"].data.xs[-1] == 0.0 and plots["plot-p95"].data.xs[0] == -15.0
+        p95 = plots["plot-p95"].data
+        assert p95 is not None and len(p95.ys) == 89  # two unknown points dropped
+        assert p95.xs[-1] == 0.0 and p95.xs[0] == -15.0
         drawn = str(plots["plot-mem"].render())
         assert "GPU memory" in drawn and "⠀" not in drawn[:0]  # rendered by plotext
         assert any(ch in drawn for ch in "⡀⡄⡆⡇⣀⣄⣆⣇⣿")  # braille marks: a plotted line
@@ -348,9 +357,38 @@ async def test_rendering_pauses_while_a_dialog_is_open(make_app: AppFactory,
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="dialog")
         supervisor.mutate(_set("w1", p95_ms=77.7))
         await settle(pilot, app, polls=3)
-        assert app.snapshot is not None and app.snapshot.worker("w1").p95_ms == 77.7
+        w1 = app.snapshot.worker("w1") if app.snapshot is not None else None
+        assert w1 is not None and w1.p95_ms == 77.7
         assert table.cell_text("w1", "p95") == "14.0"  # not re-rendered under the dialog
         await pilot.press("escape")
         await wait_until(pilot, lambda: table.cell_text("w1", "p95") == "77.7",
                          what="rendered on resume")
         assert supervisor.posted() == []
+
+
+async def test_console_exits_when_the_terminal_is_gone(make_app: AppFactory,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, app)
+        import console.tui.app as app_module
+
+        real_open = os.open
+        opened: list[str] = []
+
+        def tty_present(path: str, flags: int, *args: Any) -> int:
+            opened.append(path)
+            return real_open(os.devnull, os.O_RDWR)
+
+        monkeypatch.setattr(app_module.os, "open", tty_present)
+        app._check_tty()
+        await settle(pilot, app)
+        assert opened == ["/dev/tty"] and app.return_code is None  # still running
+
+        def tty_gone(path: str, flags: int, *args: Any) -> int:
+            raise OSError(6, "No such device or address")
+
+        monkeypatch.setattr(app_module.os, "open", tty_gone)
+        app._check_tty()
+        await pilot.pause()
+    assert app.return_code == 0

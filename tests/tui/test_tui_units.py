@@ -11,19 +11,30 @@ import pytest
 from console.model import WorkerState
 from console.tui import fmt
 from console.tui.actions import ACTIONS, BY_ID, available, unavailable_reason
-from console.tui.data import Snapshot, Worker, parse_checks, select_workers
+from console.tui.data import (
+    AuditEntry,
+    Event,
+    Series,
+    Snapshot,
+    Worker,
+    parse_checks,
+    select_workers,
+)
 from console.tui.prefs import load_prefs, prefs_path, save_prefs
-from console.tui.screens.detail import argv_markup, drift_markup, events_markup, plots_from
+from console.tui.screens.detail import (
+    argv_markup,
+    drift_markup,
+    events_markup,
+    plots_from,
+)
 from console.tui.screens.dialogs import parse_mem_fraction
 from console.tui.screens.help import help_markup
 from console.tui.screens.timeline import merge
-from console.tui.data import AuditEntry, Event, Series
 from console.tui.widgets.fleet_table import COLUMNS, PADDING, fit_columns, state_text
 from console.tui.widgets.panels import bar, mem_colour
 from console.tui.widgets.plot import points, trend_line, y_range
 from tests.tui.static_supervisor import T0, default_snapshot, series_for
-from themes import DEFAULT_THEME, THEMES, is_known_theme, next_theme
-
+from themes import DEFAULT_THEME, THEMES, is_known_theme, next_theme, resolve_theme
 
 # ---------------------------------------------------------------------------- parsing
 
@@ -51,7 +62,7 @@ def test_snapshot_parsing_tolerates_missing_and_mistyped_fields() -> None:
                                                                  None, ())
     assert snap.gpus[0].index == 0 and snap.gpus[0].used_mib == 5.0
     assert snap.alerts == () and snap.fleet == "fleet"
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         Snapshot.parse([])  # type: ignore[arg-type]
 
 
@@ -84,8 +95,8 @@ def test_every_lifecycle_state_has_a_symbol_and_a_colour() -> None:
         assert fmt.STATE_SYMBOLS.get(state.value), state
         assert fmt.STATE_COLOURS.get(state.value), state
         assert fmt.state_label(state.value).endswith(state.value)
-    assert len(set(fmt.STATE_SYMBOLS[s] for s in ("ready", "starting", "draining", "drained",
-                                                  "degraded", "crashed"))) == 6
+    assert len({fmt.STATE_SYMBOLS[s] for s in ("ready", "starting", "draining", "drained",
+                                               "degraded", "crashed")}) == 6
 
 
 @pytest.mark.parametrize("seconds,text", [(0, "0s"), (42.9, "42s"), (192, "3m12s"),
@@ -133,7 +144,7 @@ def test_narrow_width_keeps_name_state_p95_gpu_mib() -> None:
 def test_wide_width_shows_every_column_in_order() -> None:
     chosen = fit_columns(250, 6)
     assert [c.key for c, _ in chosen] == [c.key for c in COLUMNS]
-    assert dict((c.key, n) for c, n in chosen)["state"] >= 23
+    assert {c.key: n for c, n in chosen}["state"] >= 23
 
 
 # ---------------------------------------------------------------------------- dialogs
@@ -193,7 +204,8 @@ def test_help_lists_every_key_with_demo_section() -> None:
 def test_argv_markup_highlights_drifted_flags() -> None:
     argv = ["python", "-m", "sglang.launch_server", "--mem-fraction-static", "0.40",
             "--api-key", "****"]
-    drift = {"mem_fraction_static": {"config": 0.42, "current": 0.40},
+    drift: dict[str, dict[str, object]] = {
+             "mem_fraction_static": {"config": 0.42, "current": 0.40},
              "chunked_prefill_size": {"config": 4096, "current": None}}
     text = argv_markup(argv, drift)
     lines = text.splitlines()
@@ -216,7 +228,7 @@ def test_events_markup_only_this_worker_newest_first() -> None:
 
 def test_plots_from_series_with_leak() -> None:
     s = Series.parse(series_for("w3"))
-    p95, rps, mem = plots_from(s)
+    p95, _rps, mem = plots_from(s)
     assert len(p95.ys) == 89 and p95.xs[0] == -15.0 and p95.xs[-1] == 0.0
     assert mem.trend is not None and "full in ~2.7h" in mem.title
     (x0, y0), (x1, y1) = mem.trend
@@ -231,7 +243,7 @@ def test_points_trend_and_range() -> None:
     assert trend_line([0.0], [1.0], 10.0) is None
     assert trend_line([0.0, 1.0], [0.0, 2.0], None) is None
     lo, hi = y_range([34000.0, 34001.0])
-    assert hi - lo >= 0.02 * 34000 and lo < 34000 < 34001 < hi
+    assert hi - lo >= 0.02 * 34000 and lo < 34000 and hi > 34001
     lo, hi = y_range([0.0, 0.0])
     assert lo == 0.0 and hi > 0
 
@@ -264,12 +276,14 @@ def test_themes_include_dark_light_and_ansi() -> None:
     assert DEFAULT_THEME == "embedops-dark"
     assert THEMES["embedops-dark"].dark and not THEMES["embedops-light"].dark
     assert THEMES["embedops-ansi"].ansi
-    assert all(v.startswith("ansi_") for v in (THEMES["embedops-ansi"].primary,
-                                               THEMES["embedops-ansi"].error))
+    assert all((v or "").startswith("ansi_") for v in (THEMES["embedops-ansi"].primary,
+                                                       THEMES["embedops-ansi"].error))
     assert next_theme("embedops-dark") == "embedops-light"
     assert next_theme("embedops-ansi") == "embedops-dark"
     assert next_theme("nord") == "embedops-dark"
     assert is_known_theme("nord") and not is_known_theme("nope") and not is_known_theme(None)
+    assert resolve_theme("ansi") == "embedops-ansi" and resolve_theme("dark") == "embedops-dark"
+    assert resolve_theme("embedops-light") == "embedops-light" and resolve_theme("x") is None
 
 
 def test_prefs_roundtrip_in_xdg_config_home(_private_config: Path) -> None:

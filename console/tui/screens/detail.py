@@ -8,11 +8,11 @@ worker.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Grid, VerticalScroll
 from textual.events import ScreenResume
 from textual.markup import escape
@@ -137,7 +137,7 @@ class DetailScreen(Screen[None]):
     """Everything about one worker."""
 
     AUTO_FOCUS = "#log-lines"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("f", "follow", "Follow"),
         Binding("p", "pause", "Pause log"),

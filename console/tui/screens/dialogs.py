@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.screen import ModalScreen
@@ -29,7 +30,7 @@ from console.tui.widgets.style import theme_style
 class ConfirmDialog(ModalScreen[bool]):
     """Yes/no for an action on one worker. Cancel is focused; Esc or n cancels."""
 
-    BINDINGS = [Binding("escape,n", "cancel", "Cancel", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,n", "cancel", "Cancel", show=False)]
 
     def __init__(self, title: str, body: str, confirm_label: str, *,
                  confirm_key: str | None = None, variant: str = "error") -> None:
@@ -75,7 +76,7 @@ class ConfirmDialog(ModalScreen[bool]):
 class TypedConfirmDialog(ModalScreen[bool]):
     """Confirm a fleet-wide action by typing `expected` (the fleet name)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", show=False)]
 
     def __init__(self, title: str, body: str, expected: str, confirm_label: str) -> None:
         """`body` is Textual markup."""
@@ -140,7 +141,7 @@ def parse_mem_fraction(text: str, current: float | None) -> tuple[float | None, 
 class RetuneDialog(ModalScreen["float | None"]):
     """Ask for a new --mem-fraction-static; Apply is enabled only for a valid value."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", show=False)]
 
     def __init__(self, worker: str, current: float | None, gpu_total_mib: float | None) -> None:
         """`gpu_total_mib` lets the dialog say how much memory the value reserves."""
@@ -215,7 +216,7 @@ class RetuneDialog(ModalScreen["float | None"]):
 class ValidateDialog(ModalScreen[None]):
     """Runs ``POST /v1/validate?wait=1`` for `target` and shows the check table."""
 
-    BINDINGS = [Binding("escape,q,enter", "close", "Close", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,enter", "close", "Close", show=False)]
 
     def __init__(self, target: str, timeout_s: float = 180.0) -> None:
         """`target`: a worker name, ``balancer`` or a URL."""
@@ -281,7 +282,7 @@ class ValidateDialog(ModalScreen[None]):
 class AlertPicker(ModalScreen["str | None"]):
     """Pick the alert to silence (30 min); the selected worker's first alert is highlighted."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", show=False)]
 
     def __init__(self, alerts: Sequence[Alert], preselect: str | None, now: float,
                  for_s: int = 1800) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.markup import escape
 from textual.screen import ModalScreen
@@ -47,7 +49,7 @@ def help_markup(*, read_only: bool, demo: bool) -> str:
 class HelpScreen(ModalScreen[None]):
     """All keys; Esc, q or ? closes."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "close", "Close", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "close", "Close", show=False)]
 
     def __init__(self, *, read_only: bool, demo: bool) -> None:
         super().__init__(classes="dialog-screen")

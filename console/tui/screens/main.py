@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.events import Resize, ScreenResume
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class MainScreen(Screen[None]):
     """The fleet at a glance. Actions act on the worker under the table cursor."""
 
-    BINDINGS = [Binding("escape", "clear_filter", "Clear filter", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "clear_filter", "Clear filter", show=False)]
 
     def __init__(self) -> None:
         super().__init__(id="main")

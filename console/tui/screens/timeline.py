@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
@@ -80,7 +80,7 @@ def merge(audit: list[AuditEntry], events: list[Event]) -> list[Row]:
 class TimelineScreen(Screen[None]):
     """Audit log and events; ``/`` filters, Esc clears the filter or goes back."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("slash", "filter", "Filter", key_display="/"),
     ]
@@ -116,8 +116,10 @@ class TimelineScreen(Screen[None]):
     def on_mount(self) -> None:
         """Columns, then the first load."""
         table = self.query_one(DataTable)
+        snap = self.eapp.snapshot
+        longest = max((len(w.name) for w in snap.workers), default=8) if snap else 8
         for key, label, width in (("time", "time", 8), ("age", "age", 7), ("source", "src", 5),
-                                  ("what", "what", 12), ("worker", "worker", 10),
+                                  ("what", "what", 12), ("worker", "worker", min(24, longest)),
                                   ("outcome", "outcome", 11), ("detail", "detail", None)):
             table.add_column(label, key=key, width=width)
         table.focus()

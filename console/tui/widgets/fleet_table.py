@@ -203,8 +203,7 @@ class FleetTable(DataTable[Text]):
         self.show(self._workers, self._now, force=True)
 
     def _available_width(self) -> int:
-        width = self.size.width or (self.parent.size.width if self.parent else 0) \
-            or self.app.size.width
+        width = self.size.width or self.app.size.width
         return max(40, width - 2)  # room for a vertical scrollbar
 
     def _text(self, cell: Cell, width: int, right: bool) -> Text:

@@ -108,8 +108,9 @@ class GpuPanel(Static):
         temp = fmt.NA if g.temperature_c is None else f"{g.temperature_c:.0f}°C"
         line = (f"{head} [{'$' + colour}]{bar(g.used_mib, g.total_mib, bar_width)}[/]"
                 f" {used}/{total} MiB{share} · util {fmt.pct(g.util_pct)} · {temp}")
-        if g.workers:
-            shares = " · ".join(f"{escape(n)} {fmt.gib(m)}" for n, m in sorted(g.workers.items()))
+        held = sorted((n, m) for n, m in g.workers.items() if m >= 1)
+        if held:
+            shares = " · ".join(f"{escape(n)} {fmt.gib(m)}" for n, m in held)
             line += f" · {shares}" if width >= 110 else f"\n      {shares}"
         return line
 

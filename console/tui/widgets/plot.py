@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import plotext as plt
+import plotext as plt  # type: ignore[import-untyped]
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
