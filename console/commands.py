@@ -251,7 +251,9 @@ def format_status(snap: dict[str, Any]) -> str:
     head = (f"fleet {snap['fleet']} ({snap['engine']}) · balancer {b['kind']} "
             f"{'up' if b['healthy'] else 'DOWN' if b['healthy'] is False else '?'} "
             f"{b['url'] or ''} · fleet P95 {_fmt(b['p95_ms'], '.1f')} ms")
-    cols = f"{'NAME':<14}{'STATE':<11}{'ROUTED':<7}{'PID':>8}{'PORT':>7}{'GPU':>4}" \
+    # names in full (unmanaged-<port> is 15 wide): two truncated names would look alike
+    nw = max([14, *(len(w["name"]) + 1 for w in snap["workers"])])
+    cols = f"{'NAME':<{nw}}{'STATE':<11}{'ROUTED':<7}{'PID':>8}{'PORT':>7}{'GPU':>4}" \
            f"{'P50':>8}{'P95':>8}{'REQ/S':>8}{'RUN':>5}{'QUEUE':>6}{'ERR':>5}{'GPU MiB':>9}" \
            f"{'MEMF':>6}{'RST':>5}  ACTION"
     rows = [head, cols]
@@ -262,7 +264,7 @@ def format_status(snap: dict[str, Any]) -> str:
         if not w["managed"]:
             action = "unmanaged"
         rows.append(
-            f"{w['name'][:13]:<14}{w['state']:<11}{'yes' if w['routed'] else 'no':<7}"
+            f"{w['name']:<{nw}}{w['state']:<11}{'yes' if w['routed'] else 'no':<7}"
             f"{_fmt(w['pid']):>8}{w['port']:>7}{_fmt(w['gpu']):>4}"
             f"{_fmt(w['p50_ms'], '.1f'):>8}{_fmt(w['p95_ms'], '.1f'):>8}{_fmt(w['rps'], '.1f'):>8}"
             f"{_fmt(w['running']):>5}{_fmt(w['queued']):>6}{_fmt(w['errors']):>5}"

@@ -9,6 +9,7 @@ answers for the fleet (like tmux starts its server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -62,12 +63,20 @@ async def serve(cfg: FleetConfig, state_dir: StateDir, *, read_only_uids: set[in
         for sig in signals:
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sup.shutdown()))
         try:
-            await sup.start()
+            try:
+                await sup.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sup.shutdown(), timeout=30)
+                raise
             log.info("control socket %s", state_dir.socket_path)
             if ready is not None:
                 ready.set()
-            await sup._stopping.wait()
-            # let an in-flight shutdown reply go out before the socket closes
+            await sup.wait_stopping()
+            # the state file is written last: wait for the whole shutdown, then let an
+            # in-flight shutdown reply go out before the socket closes
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sup.wait_closed(), timeout=60)
             await asyncio.sleep(0.2)
         finally:
             for sig in signals:

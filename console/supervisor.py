@@ -141,6 +141,8 @@ class Supervisor:
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._rollout: asyncio.Task[Any] | None = None
         self._stopping = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._shutdown_task: asyncio.Task[None] | None = None
         self._dirty = True
         self.started_wall = time.time()
         self.cycle_times: deque[float] = deque(maxlen=600)
@@ -252,13 +254,42 @@ class Supervisor:
                     f"{self.balancer.url}")
 
     async def run(self) -> None:
-        """Start, then serve until `shutdown` is called."""
+        """Start, then serve until `shutdown` is called and has finished."""
         await self.start()
+        await self.wait_closed()
+
+    @property
+    def stopping(self) -> bool:
+        """`shutdown` has begun."""
+        return self._shutdown_task is not None
+
+    async def wait_stopping(self) -> None:
+        """Return once the loops are stopping (workers, if asked, already stopped)."""
         await self._stopping.wait()
+
+    async def wait_closed(self) -> None:
+        """Return once `shutdown` has finished (state saved, connections closed)."""
+        await self._closed.wait()
 
     async def shutdown(self, *, stop_workers: bool = False, caller_uid: int | None = None) -> None:
         """Stop the loops; with `stop_workers`, drain and stop every worker and the balancer
-        (``embedops down``); otherwise everything keeps running for the next supervisor."""
+        (``embedops down``); otherwise everything keeps running for the next supervisor.
+
+        A second call (a SIGTERM during ``embedops down``) waits for the first one.
+        """
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.ensure_future(
+                self._shutdown(stop_workers=stop_workers, caller_uid=caller_uid))
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self, *, stop_workers: bool, caller_uid: int | None) -> None:
+        try:
+            await self._shutdown_steps(stop_workers=stop_workers, caller_uid=caller_uid)
+        finally:
+            self._stopping.set()
+            self._closed.set()
+
+    async def _shutdown_steps(self, *, stop_workers: bool, caller_uid: int | None) -> None:
         t0 = time.monotonic()
         if stop_workers:
             await asyncio.gather(*(self._stop_worker_for_good(w) for w in self.workers.values()),

@@ -233,6 +233,7 @@ def parse_encode_request(obj: dict[str, Any], lim: Limits, tokenize: Tokenize,
     if text is not None and ids is not None:
         raise ApiError(400, native_error_body(
             "text and input_ids should not be provided at the same time"))
+    values: list[Any]
     if text is not None:
         batch = isinstance(text, list)
         values = text if batch else [text]
@@ -240,7 +241,7 @@ def parse_encode_request(obj: dict[str, Any], lim: Limits, tokenize: Tokenize,
             raise ApiError(400, native_error_body("text must be a string or a list of strings"))
     else:
         batch = isinstance(ids, list) and bool(ids) and isinstance(ids[0], list)
-        values = ids if batch else [ids]
+        values = ids if isinstance(ids, list) and batch else [ids]
         if not all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in values):
             raise ApiError(400, native_error_body("input_ids must be a list of integers "
                                                   "or a list of lists of integers"))
@@ -248,8 +249,10 @@ def parse_encode_request(obj: dict[str, Any], lim: Limits, tokenize: Tokenize,
     if lim.version == "0.5.2":
         dims = None
     elif dims is not None:
+        if isinstance(dims, bool) or not isinstance(dims, int):
+            raise ApiError(400, native_error_body("dimensions must be an integer"))
         try:
-            validate_dimensions(int(dims), lim)
+            validate_dimensions(dims, lim)
         except ApiError as e:
             raise ApiError(400, native_error_body(orjson.loads(e.body)["message"])) from None
     try:

@@ -300,7 +300,7 @@ def parse_cli(argv: Sequence[str]) -> SimConfig:
     except orjson.JSONDecodeError as e:
         raise ValueError(f"--json-model-override-args is not valid JSON: {e}") from None
     if not isinstance(overrides, dict):
-        raise ValueError("--json-model-override-args must be a JSON object")
+        raise ValueError("--json-model-override-args must be a JSON object")  # noqa: TRY004
     mdims = overrides.get("matryoshka_dimensions")
     if mdims is not None and (not isinstance(mdims, list)
                               or not all(isinstance(d, int) for d in mdims)):

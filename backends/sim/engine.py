@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import psutil
 
@@ -101,7 +101,7 @@ class Engine:
         self._out: list[list[int]] = []
         self._flush_scheduled = False
         self._flush_waiters: dict[int, asyncio.Future[bool]] = {}
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._pause_event: asyncio.Event | None = None
         self._sock: socket.socket | None = None
@@ -228,9 +228,8 @@ class Engine:
             waiter = self._flush_waiters.pop(msg[1], None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(bool(msg[2]))
-        elif kind == P.READY:
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_result(msg[1])
+        elif kind == P.READY and self._ready is not None and not self._ready.done():
+            self._ready.set_result(msg[1])
 
     def link_lost(self) -> None:
         """The scheduler's end closed (it died)."""
@@ -349,7 +348,7 @@ class Engine:
             # The health request blocks on the pause condition like any other request.
             try:
                 await asyncio.wait_for(self._pause_event.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return self._health_failed(tic, timeout)
         r = self._next_rid
         self._next_rid += 1
@@ -411,7 +410,8 @@ class Engine:
         self._ready = self.loop.create_future()
         transport, _ = await self.loop.create_unix_connection(
             lambda: _SchedulerLink(self), sock=self._sock)
-        self._transport = transport  # type: ignore[assignment]
+        # uvloop's transports do not subclass asyncio's: a cast, not an isinstance check
+        self._transport = cast("asyncio.WriteTransport", transport)
         return await self._ready
 
     def _apply_ready(self, info: dict[str, Any], load_s: float) -> None:

@@ -101,7 +101,7 @@ class MemoryPlan:
 def plan_memory(*, version: str, total_mib: int, weights_mib: int, mem_fraction: float,
                 cuda_graph: bool, max_total_tokens: int | None = None) -> MemoryPlan:
     """Size the static pool as `mem_fraction` × the card. Raises `NotEnoughMemory`."""
-    static_target = int(round(mem_fraction * total_mib))
+    static_target = round(mem_fraction * total_mib)
     kv_budget = static_target - weights_mib
     tokens = kv_budget * 1024 * 1024 // KV_BYTES_PER_TOKEN if kv_budget > 0 else 0
     if tokens <= 0:

@@ -20,9 +20,16 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from backends.sim import textmodel as tm
-from backends.sim.api import (ApiError, EmbeddingRequest, Limits, error_body,
-                              native_error_body, parse_embedding_request, parse_encode_request,
-                              parse_json_body)
+from backends.sim.api import (
+    ApiError,
+    EmbeddingRequest,
+    Limits,
+    error_body,
+    native_error_body,
+    parse_embedding_request,
+    parse_encode_request,
+    parse_json_body,
+)
 from backends.sim.engine import STARTING, UP, Aborted, Engine, QueueFull
 from backends.sim.faults import FaultError
 
@@ -52,7 +59,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with TCP_NODELAY set on every connection (headers
     and body go out in two writes; without it direct clients see 40 ms stalls)."""
 
-    def connection_made(self, transport: Any) -> None:  # noqa: D102
+    def connection_made(self, transport: Any) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -63,7 +70,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _Route:
-    __slots__ = ("handler", "methods", "label", "exempt", "sim", "read_body")
+    __slots__ = ("exempt", "handler", "label", "methods", "read_body", "sim")
 
     def __init__(self, handler: Handler, methods: tuple[str, ...], label: str,
                  exempt: bool = False, sim: bool = False) -> None:
@@ -78,7 +85,7 @@ class _Route:
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
     for k, v in scope["headers"]:
         if k == name:
-            return v.decode("latin-1")
+            return str(v.decode("latin-1"))
     return None
 
 
@@ -155,10 +162,10 @@ class SimApp:
         route = self._route(path)
         e = self.e
         key = self.cfg.api_key
-        if key and method != "OPTIONS" and (route is None or not route.exempt):
-            if _header(scope, b"authorization") != "Bearer " + key:
-                await _send(send, 401, JSON, _UNAUTHORIZED)
-                return
+        if (key and method != "OPTIONS" and (route is None or not route.exempt)
+                and _header(scope, b"authorization") != "Bearer " + key):
+            await _send(send, 401, JSON, _UNAUTHORIZED)
+            return
         if route is None:
             await _send(send, 404, JSON, _NOT_FOUND)
             return
@@ -337,7 +344,7 @@ class SimApp:
                               "graph_gb": round(info.get("graph_mib", 0) / 1024, 2),
                               "token_capacity": cap}
         return 200, JSON, _json({
-            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
             "version": e.version, "accelerator": "cuda", "num_accelerators": 1,
             "loads": [load]})
 
@@ -549,7 +556,7 @@ class SimApp:
 
 
 def _rid() -> str:
-    return "%032x" % random.getrandbits(128)
+    return f"{random.getrandbits(128):032x}"
 
 
 def _is_loopback(host: str) -> bool:

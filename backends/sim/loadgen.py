@@ -727,8 +727,10 @@ class LoadGen:
                     try_deadline = min(deadline, _now() + spec.try_timeout_s)
                 kind, detail = await self._attempt(pool, self._request_bytes(n, rid, attempt),
                                                    try_deadline, due if attempt == 0 else None)
-                if kind == "ok" or attempt >= spec.retries or _now() >= deadline:
+                if kind == "ok" or attempt >= spec.retries or _now() >= deadline - _MIN_SLEEP_S:
                     break
+                if kind == "timeout" and try_deadline >= deadline:
+                    break  # the whole deadline was spent (timers may fire a hair early)
                 if kind not in _RETRYABLE and not (kind == "http_4xx" and int(detail) in _RETRYABLE_4XX):
                     break
                 attempt += 1

@@ -10,11 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import choose_encoder
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 TTFT_BUCKETS = [0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0,
                 80.0, 100.0, 200.0, 400.0]
@@ -87,13 +92,14 @@ class SimMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         if self.new:
-            self.sched_labels = ("engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank")
+            self.sched_labels: tuple[str, ...] = ("engine_type", "model_name", "moe_ep_rank",
+                                                  "pp_rank", "tp_rank")
             self.sched_values: tuple[str, ...] = ("unified", model_name, "0", "0", "0")
-            self.req_labels = ("engine_type", "is_streaming", "model_name")
+            self.req_labels: tuple[str, ...] = ("engine_type", "is_streaming", "model_name")
             self.req_values: tuple[str, ...] = ("unified", "false", model_name)
-            self.tok_labels = ("engine_type", "model_name")
+            self.tok_labels: tuple[str, ...] = ("engine_type", "model_name")
             self.tok_values: tuple[str, ...] = ("unified", model_name)
-            gauges = _GAUGES_023
+            gauges: tuple[tuple[str, str], ...] = _GAUGES_023
         else:
             self.sched_labels = ("engine_type", "model_name", "pp_rank", "tp_rank")
             self.sched_values = ("unified", model_name, "0", "0")

@@ -23,8 +23,15 @@ from typing import Any, NoReturn
 
 from backends.sim import protocol as P
 from backends.sim.cli import SimConfig
-from backends.sim.gpumem import (CONTEXT_MIB, CudaOutOfMemory, GpuRegistry, MemoryPlan,
-                                 NotEnoughMemory, oom_message, plan_memory)
+from backends.sim.gpumem import (
+    CONTEXT_MIB,
+    CudaOutOfMemory,
+    GpuRegistry,
+    MemoryPlan,
+    NotEnoughMemory,
+    oom_message,
+    plan_memory,
+)
 
 log = logging.getLogger("sglang.scheduler")
 
@@ -196,7 +203,7 @@ class Scheduler:
                      "avail mem=%.2f GB.", cfg.load_s * 0.3, plan.graph_mib / 1024,
                      (free - plan.used_mib) / 1024)
         self.max_running, max_req_input_len = derived_limits(cfg, plan.max_total_num_tokens)
-        self.token_budget = cfg.chunked_prefill_size if cfg.chunked_prefill_size > 0 else 0
+        self.token_budget = max(0, cfg.chunked_prefill_size)
         log.info("max_total_num_tokens=%d, chunked_prefill_size=%d, max_prefill_tokens=%d, "
                  "max_running_requests=%d, context_len=%d, available_gpu_mem=%.2f GB",
                  plan.max_total_num_tokens, cfg.chunked_prefill_size,

@@ -31,7 +31,9 @@ Startup
    warmup ``GET /model_info`` + ``POST /encode`` go to the worker's own port.
 3. ``The server is fired up and ready to roll!``: ``/health`` 200 (after ~1 s: it is a
    deep check that runs a 1-token request through the scheduler).
-With ``--skip-server-warmup`` step 2 is skipped.
+With ``--skip-server-warmup`` step 2 is skipped. Without ``--is-embedding`` the model
+comes up as a generation model (``/v1/embeddings`` → 400, as SGLang). A port already in
+use is found only after loading, as in SGLang: uvicorn logs it and the worker exits 1.
 
 Shutdown
 --------
@@ -48,7 +50,7 @@ same way.
 GPU memory
 ----------
 Card = ``--sim-gpu-mib`` MiB; GPU index = first entry of ``CUDA_VISIBLE_DEVICES``
-(default 0). The scheduler holds ``round(mem_fraction_static × card)`` (weights
+(default 0; ``--base-gpu-id`` is accepted and does not change it). The scheduler holds ``round(mem_fraction_static × card)`` (weights
 ``--sim-weights-mib`` + KV pool at 144 KiB/token) + CUDA graphs (0.5.2: 2560 MiB unless
 ``--disable-cuda-graph``; 0.5.23: 1536 MiB unless ``--cuda-graph-backend-prefill
 disabled``, ``--disable-prefill-cuda-graph`` or the deprecated ``--disable-cuda-graph``)
@@ -114,6 +116,10 @@ Sim-only flags
     ``freeze_scheduler``   SIGSTOP the scheduler (SIGCONT when cleared)
     ``startup-fail``       (start only) an init error while loading weights: the
                            scheduler logs ``Scheduler hit an exception``, the tree dies
+
+Tests and tools that start several sim workers should point ``EMBEDOPS_SIM_GPU_DIR``
+at a private directory: with the shared default, workers of unrelated runs on the same
+simulated card count against each other (and the newcomer OOMs).
 
 Environment: ``SGLANG_HEALTH_CHECK_TIMEOUT`` (s, default 20),
 ``SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION`` (0.5.23), ``SGL_FORCE_SHUTDOWN``,

@@ -52,6 +52,7 @@ class WorkerDef:
     gpu: int = 0
     port: int = 0
     mem_fraction_static: float | None = None
+    extra_args: tuple[str, ...] = ()
 
 
 def fleet_toml(workers: Iterable[WorkerDef], *, router_port: int, prom_port: int,
@@ -80,6 +81,8 @@ def fleet_toml(workers: Iterable[WorkerDef], *, router_port: int, prom_port: int
         lines += ["[[workers]]", f'name = "{w.name}"', f"gpu = {w.gpu}", f"port = {w.port}"]
         if w.mem_fraction_static is not None:
             lines.append(f"mem_fraction_static = {w.mem_fraction_static}")
+        if w.extra_args:
+            lines.append(f"extra_args = {json.dumps(list(w.extra_args))}")
         lines.append("")
     return "\n".join(lines) + "\n" + extra
 
@@ -91,8 +94,8 @@ class Fleet:
         if isinstance(workers, int):
             workers = [WorkerDef(f"w{i + 1}", gpu=i % toml.get("gpus", 2))
                        for i in range(workers)]
-        self.defs = [WorkerDef(w.name, w.gpu, w.port or free_port(), w.mem_fraction_static)
-                     for w in workers]
+        self.defs = [WorkerDef(w.name, w.gpu, w.port or free_port(), w.mem_fraction_static,
+                               w.extra_args) for w in workers]
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.router_port = free_port()
@@ -396,7 +399,11 @@ class StatusSampler:
     def first(self, cond: Callable[[dict[str, Any]], bool], after: float = 0.0) -> float | None:
         """Monotonic time of the first sample at or after `after` satisfying `cond`."""
         for t, snap in self.samples:
-            if t >= after and cond(snap):
+            try:
+                hit = t >= after and cond(snap)
+            except (StopIteration, KeyError):  # a worker not listed yet (still starting)
+                hit = False
+            if hit:
                 return t
         return None
 

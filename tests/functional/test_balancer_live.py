@@ -9,6 +9,7 @@ variants skip with a reason when the binary is not installed.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import sys
@@ -30,6 +31,10 @@ from backends.sim.loadgen import LoadGen, LoadSpec
 from tests.conftest import ProcessGroups, free_port, wait_http
 
 MODEL = "sim-model"
+KEY = "balancer-test-key"
+"""The sims require this key: on a shared box other engineers' supervisors discover and
+probe every sim worker; without the key their probes get 401 and do not disturb the
+request counters and running-request gauges these tests assert on."""
 NGINX = shutil.which("nginx")
 NO_NGINX = "nginx not on PATH (apt-get install -y nginx); nginx variants skipped"
 
@@ -43,16 +48,23 @@ KINDS = [
 # --------------------------------------------------------------------------- workers
 
 def sim_argv(port: int) -> list[str]:
+    # a small static pool so several sims fit on one simulated card
     return [sys.executable, "-m", "backends.sim.worker", "--model-path", MODEL,
             "--is-embedding", "--host", "127.0.0.1", "--port", str(port),
-            "--enable-metrics", "--sim-load-s", "0.2", "--sim-warmup-s", "0.2"]
+            "--mem-fraction-static", "0.2", "--enable-metrics",
+            "--sim-load-s", "0.2", "--sim-warmup-s", "0.2", "--api-key", KEY]
+
+
+def sim_env(log_dir: Path) -> dict[str, str]:
+    """A private simulated-GPU registry: other tests' sims do not use up our card."""
+    return {"EMBEDOPS_SIM_GPU_DIR": str(log_dir / "gpu")}
 
 
 def start_sims(groups: ProcessGroups, log_dir: Path, n: int) -> list[str]:
     urls = []
     for i in range(n):
         port = free_port()
-        groups.spawn(sim_argv(port), log=log_dir / f"sim{i}.log")
+        groups.spawn(sim_argv(port), log=log_dir / f"sim{i}.log", env=sim_env(log_dir))
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
         wait_http(url + "/health", timeout=60)
@@ -102,9 +114,17 @@ async def served(client: httpx.AsyncClient, url: str) -> float:
     return (await metrics(client, url)).value("sglang:num_requests_total") or 0.0
 
 
-async def embed(client: httpx.AsyncClient, base: str, text: str = "hello") -> httpx.Response:
+async def embed(client: httpx.AsyncClient, base: str, text: str = "hello", *,
+                key: str | None = KEY) -> httpx.Response:
+    """One embedding request; with `key=None` the client sends no Authorization header."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     return await client.post(base + "/v1/embeddings", json={"model": MODEL, "input": text},
-                             timeout=20)
+                             headers=headers, timeout=20)
+
+
+async def join(b: Balancer, url: str):
+    """Add a worker; the router holds the worker's key, nginx passes the client's."""
+    return await b.add(url, api_key=KEY if b.kind == "sglang-router" else None)
 
 
 # --------------------------------------------------------------------------- balancers
@@ -216,9 +236,9 @@ async def test_start_refuses_a_port_in_use(kind: str, tmp_path: Path) -> None:
 async def test_add_list_remove_routes_only_to_members(balancer: Balancer,
                                                       fleet: list[str]) -> None:
     a, b, c = fleet
-    first = await balancer.add(a + "/")
-    await balancer.add(b)
-    again = await balancer.add(a)  # idempotent
+    first = await join(balancer, a + "/")
+    await join(balancer, b)
+    again = await join(balancer, a)  # idempotent
     assert first.url == a and again.worker_id == first.worker_id
     listed = await balancer.list()
     assert sorted(w.url for w in listed) == sorted([a, b])
@@ -248,8 +268,8 @@ async def test_add_list_remove_routes_only_to_members(balancer: Balancer,
 
 async def test_drain_waits_for_in_flight_requests(balancer: Balancer, fleet: list[str]) -> None:
     a, b, _ = fleet
-    await balancer.add(a)
-    await balancer.add(b)
+    await join(balancer, a)
+    await join(balancer, b)
     set_fault(b, slow_ms=2000)
     async with httpx.AsyncClient() as client:
         read_b = running_reader(client, b)
@@ -264,10 +284,11 @@ async def test_drain_waits_for_in_flight_requests(balancer: Balancer, fleet: lis
         t0 = time.monotonic()
         full = await balancer.drain(b, read_b, timeout_s=15)
         assert full.drained and not full.removed and full.in_flight == 0
-        assert full.elapsed_s < 10
-        results = await asyncio.gather(*calls)
+        # it really waited: the 2 s requests were still running when it began
+        assert 0.5 <= full.elapsed_s < 10
+        assert await read_b() == 0
+        results = await asyncio.wait_for(asyncio.gather(*calls), 5)
         assert [r.status_code for r in results] == [200] * 4
-        # every request had finished when drain said 0 (the slow ones took ~2 s)
         assert time.monotonic() - t0 < 10
 
         count_b = await served(client, b)
@@ -280,9 +301,10 @@ async def test_remove_under_open_loop_load_loses_nothing(balancer: Balancer,
                                                          fleet: list[str]) -> None:
     a, b, c = fleet
     for url in fleet:
-        await balancer.add(url)
+        await join(balancer, url)
     set_fault(c, slow_ms=150)  # keeps requests in flight on the one we drain
-    spec = LoadSpec(url=balancer.url, rate=60, duration_s=5.0, model=MODEL, deadline_s=15)
+    spec = LoadSpec(url=balancer.url, rate=60, duration_s=5.0, model=MODEL, deadline_s=15,
+                    api_key=KEY)
     gen = LoadGen(spec)
     async with httpx.AsyncClient() as client:
         load = asyncio.create_task(gen.run())
@@ -292,8 +314,11 @@ async def test_remove_under_open_loop_load_loses_nothing(balancer: Balancer,
         left = await served(client, c)
         await asyncio.sleep(1.0)
         assert await served(client, c) == left  # nothing routed to it after the ack
-        await balancer.add(c)  # undrain under load
+        await join(balancer, c)  # undrain under load
         report = await asyncio.wait_for(load, 30)
+        print(json.dumps({"kind": balancer.kind, "sent": report.sent, "ok": report.ok,
+                          "errors": report.error_total, "drain_s": round(result.elapsed_s, 3),
+                          "latency_ms": report.latency_ms}))
         assert await served(client, c) > left  # back in rotation
     assert report.error_total == 0, (report.errors, report.error_samples)
     assert report.ok == report.sent and report.sent >= 250
@@ -309,7 +334,7 @@ async def test_adopt_running_balancer_after_object_dropped(kind: str, tmp_path: 
     ident = first.identity
     assert ident is not None
     try:
-        await first.add(a)
+        await join(first, a)
         await first.close()
         del first
         async with httpx.AsyncClient() as client:
@@ -328,7 +353,7 @@ async def test_adopt_running_balancer_after_object_dropped(kind: str, tmp_path: 
             again = await adopt_balancer(settings, tmp_path, ident)
             assert again.identity == ident and await again.healthy()
             assert [w.url for w in await again.list()] == [a]
-            await again.add(b)
+            await join(again, b)
             assert sorted(w.url for w in await again.list()) == sorted([a, b])
             assert (await embed(client, settings.url)).status_code == 200
             members = bprocs.group_pids(ident)
@@ -345,14 +370,14 @@ async def test_router_add_before_worker_is_up(router: SglangRouter, tmp_path: Pa
                                               procs: ProcessGroups) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    pending = await router.add(url, wait_s=0.5)
+    pending = await router.add(url, api_key=KEY, wait_s=0.5)
     assert pending.pending and pending.healthy is False and pending.worker_id
     assert [w.url for w in await router.list() if w.pending] == [url]
     # the router cannot cancel an add job that is still retrying: refuse loudly
     with pytest.raises(BalancerError, match="cannot cancel"):
         await router.remove(url, wait_s=0.3)
 
-    procs.spawn(sim_argv(port), log=tmp_path / "late.log")
+    procs.spawn(sim_argv(port), log=tmp_path / "late.log", env=sim_env(tmp_path))
 
     async def registered():
         w = await router.state(url)
@@ -361,7 +386,8 @@ async def test_router_add_before_worker_is_up(router: SglangRouter, tmp_path: Pa
     w = await wait_for(registered, 30, "late worker registered")
     assert w.worker_id == pending.worker_id
     async with httpx.AsyncClient() as client:
-        assert (await embed(client, router.url)).status_code == 200
+        # no client key: the router sends the worker's key itself
+        assert (await embed(client, router.url, key=None)).status_code == 200
     assert await router.remove(url) is True
     assert await router.list() == []
 
@@ -369,12 +395,12 @@ async def test_router_add_before_worker_is_up(router: SglangRouter, tmp_path: Pa
 async def test_router_circuit_opens_and_clients_see_no_error(router: SglangRouter,
                                                              fleet: list[str]) -> None:
     a, b, _ = fleet
-    await router.add(a)
-    await router.add(b)
+    await join(router, a)
+    await join(router, b)
     set_fault(a, error_rate=1.0)
     async with httpx.AsyncClient() as client:
         for i in range(10):
-            r = await embed(client, router.url, f"e{i}")
+            r = await embed(client, router.url, f"e{i}", key=None)
             assert r.status_code == 200, r.text  # retried on b
     state = await router.state(a)
     assert state is not None and state.circuit == "open" and not state.routable
@@ -385,8 +411,10 @@ async def test_router_circuit_opens_and_clients_see_no_error(router: SglangRoute
 
 async def test_nginx_rejected_config_rolls_back(nginx: Nginx, fleet: list[str]) -> None:
     a = fleet[0]
-    await nginx.add(a)
+    await join(nginx, a)
     text, gen = nginx.upstream_path.read_text(), nginx.generation
+    with pytest.raises(BalancerError, match="per-worker API key"):
+        await nginx.add(fleet[1], api_key=KEY)
     with pytest.raises(BalancerError, match="host not found"):
         await nginx.add("http://no-such-host.invalid:1")
     assert nginx.upstream_path.read_text() == text and nginx.generation == gen
@@ -398,7 +426,7 @@ async def test_nginx_rejected_config_rolls_back(nginx: Nginx, fleet: list[str]) 
 async def test_nginx_empty_pool_503_and_large_bodies(nginx: Nginx, fleet: list[str]) -> None:
     async with httpx.AsyncClient() as client:
         assert (await embed(client, nginx.url)).status_code == 503
-        await nginx.add(fleet[0])
+        await join(nginx, fleet[0])
         # > client_body_buffer_size default (16k): must not be spooled to a temp file
         big = " ".join(["word"] * 4000)  # ~20 KB
         r = await embed(client, nginx.url, big)

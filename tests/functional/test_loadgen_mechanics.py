@@ -39,7 +39,7 @@ def _serve(port: int, log_path: str) -> None:
     from starlette.routing import Route
 
     state: dict = {"delay_ms": 0.0, "status": 200, "hang": False, "dim": DIM, "nan": False,
-                   "drop": False}
+                   "drop": False, "hang_next": 0}
     log = open(log_path, "a", buffering=1)
 
     class _Truncated(Response):
@@ -63,6 +63,9 @@ def _serve(port: int, log_path: str) -> None:
                               "hdr": request.headers.get("x-request-id"),
                               "auth": request.headers.get("authorization"),
                               "model": body.get("model"), "input": body.get("input")}) + "\n")
+        if state["hang_next"] > 0:
+            state["hang_next"] -= 1
+            await asyncio.sleep(3600)
         if state["hang"]:
             await asyncio.sleep(3600)
         if state["delay_ms"]:
@@ -102,7 +105,7 @@ class Server:
         httpx.post(self.url + "/_ctl", json=kw, timeout=5).raise_for_status()
 
     def reset(self) -> None:
-        self.set(delay_ms=0, status=200, hang=False, dim=DIM, nan=False, drop=False)
+        self.set(delay_ms=0, status=200, hang=False, dim=DIM, nan=False, drop=False, hang_next=0)
         self.log.write_text("")
 
     def requests(self) -> list[dict]:
@@ -191,6 +194,20 @@ def test_deadline_errors_counted_as_timeout(srv):
     assert report.error_total == 6
     assert report.latency_all_ms["p50"] >= 500
     assert took < 0.25 + 0.5 + 3.0  # bounded by the deadline, not the hang
+
+
+def test_per_try_timeout_is_retried_within_the_deadline(srv):
+    srv.set(hang_next=3)
+    r = run_load(LoadSpec(url=srv.url, rate=100, count=3, deadline_s=5, try_timeout_s=0.3,
+                          retries=1, dimension=DIM))
+    assert r.ok == 3 and r.ok_after_retry == 3 and r.retries == 3, r.to_json()
+    assert 300 <= r.latency_ms["p50"] < 300 + 1500
+    seen = srv.requests()
+    assert len(seen) == 6 and len({x["hdr"] for x in seen}) == 3
+    # without a per-try timeout the deadline is spent on the first try: no retry
+    srv.set(hang_next=2)
+    r = run_load(LoadSpec(url=srv.url, rate=100, count=2, deadline_s=0.4, retries=3))
+    assert r.errors["timeout"] == 2 and r.retries == 0
 
 
 def test_http_errors_by_code_and_retries(srv):

@@ -62,7 +62,7 @@ def test_slow_worker_does_not_slow_the_schedule(sim):
     assert r.sent == 40 and r.ok == 40, r.to_json()
     # sent on time although each answer takes >= 300 ms
     assert r.achieved_rps == pytest.approx(40, rel=0.2)
-    assert r.send_lag_ms["p99"] < 150
+    assert r.send_lag_ms["p99"] < 500  # waiting for answers would lag by seconds
     assert r.max_in_flight >= 8
     assert r.latency_ms["p50"] >= 300
 

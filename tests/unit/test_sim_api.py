@@ -7,14 +7,20 @@ import json
 import pytest
 
 from backends.sim import textmodel as tm
-from backends.sim.api import (ApiError, Limits, parse_embedding_request, parse_encode_request,
-                              parse_json_body)
+from backends.sim.api import (
+    ApiError,
+    Limits,
+    parse_embedding_request,
+    parse_encode_request,
+    parse_json_body,
+)
 
 
 def _lim(**kw: object) -> Limits:
-    base = dict(version="0.5.23", model_path="Qwen/Qwen3-Embedding-4B", context_length=512,
-                max_req_input_len=506, allow_auto_truncate=False, matryoshka=False,
-                matryoshka_dimensions=None, hidden_size=2560)
+    base: dict[str, object] = {
+        "version": "0.5.23", "model_path": "Qwen/Qwen3-Embedding-4B", "context_length": 512,
+        "max_req_input_len": 506, "allow_auto_truncate": False, "matryoshka": False,
+        "matryoshka_dimensions": None, "hidden_size": 2560}
     base.update(kw)
     return Limits(**base)  # type: ignore[arg-type]
 
@@ -64,7 +70,7 @@ def test_type_errors_are_bad_request_type() -> None:
 
 
 def test_dimensions_need_matryoshka() -> None:
-    status, body = _err({"input": "x", "dimensions": 256})
+    _, body = _err({"input": "x", "dimensions": 256})
     assert body["message"] == ("Model 'Qwen/Qwen3-Embedding-4B' does not support matryoshka "
                                "representation, changing output dimensions will lead to poor "
                                "results.")

@@ -68,12 +68,19 @@ class LogTail(Vertical):
     @work(exclusive=True, exit_on_error=False, group="log-feed")
     async def _feed(self) -> None:
         client = self.app.client  # type: ignore[attr-defined]
+        first = True
         while True:
+            received = 0
             try:
-                self._source("live")
                 async for line in data.follow_logs(client, self.worker):
+                    if received == 0:
+                        if not first:
+                            self.replace([])  # the stream starts with the tail again
+                        self._source("live")
+                    received += 1
                     self._pending.append(line)
-                self._source("stream ended; reconnecting")
+                self._source("stream ended; reconnecting" if received
+                             else "no log for this worker yet; retrying")
             except ControlError as e:
                 if e.status in _NO_STREAM:
                     await self._poll(client)
@@ -81,6 +88,7 @@ class LogTail(Vertical):
                 self._source(f"error: {e.message}; retrying")
             except SupervisorNotRunning:
                 self._source("supervisor not answering; retrying")
+            first = first and received == 0
             await asyncio.sleep(self.poll_s)
 
     async def _poll(self, client: data.Client) -> None:
