@@ -620,6 +620,11 @@ class LoadGen:
         requests are still awaited. A stopped generator does not send again."""
         self._stopping = True
 
+    def ok_latencies_s(self) -> list[float]:
+        """Latencies (seconds) of the ok responses of the last run (all of them, or a
+        uniform sample beyond `LoadSpec.keep_samples`): for merging several runs."""
+        return list(self._ok_lat.values)
+
     def snapshot(self) -> LiveStats:
         """Live figures: totals and the last `window_s` seconds."""
         now = _now()
