@@ -536,6 +536,35 @@ def _run_demo(args: argparse.Namespace) -> int:
                     open_console=_open_console)
 
 
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from console.bench import add_arguments
+
+    _add_fleet_options(p)
+    add_arguments(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from console.bench import BenchError, run
+
+    def snapshot() -> dict[str, Any]:
+        try:
+            sd = state_dir_for(args)
+        except CommandError as exc:
+            raise CommandError(f"{exc}; or benchmark a server with --url URL") from exc
+        try:
+            with SyncControlClient(sd.socket_path, timeout=CLIENT_TIMEOUT_S) as client:
+                return dict(client.get("/v1/status"))
+        except SupervisorNotRunning as exc:
+            raise CommandError(f"no supervisor answers for the fleet in {sd.root}: start it "
+                               "with `embedops up`, or benchmark a server with --url URL"
+                               ) from exc
+
+    try:
+        return run(args, snapshot)
+    except BenchError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None],
                 Callable[[argparse.Namespace], int]]
 
@@ -569,6 +598,8 @@ COMMANDS: list[Command] = [
      _add_validate, _run_validate),
     ("logs", "print (or follow) a worker's log", _add_logs, _run_logs),
     ("silence", "silence an alert for a while", _add_silence, _run_silence),
+    ("bench", "open-loop load on the fleet's balancer (or --url): latency, throughput, "
+              "the balancer's added latency (--direct)", _add_bench, _run_bench),
 ]
 """(name, help, add_arguments, run) of every fleet subcommand."""
 
