@@ -385,6 +385,25 @@ class MetricsConfig:
     """`--bucket-e2e-request-latency` edges in seconds, strictly increasing, and holding
     every latency threshold of the alert rules (SGLang's defaults start at 0.1 s and
     have no 1.2 s edge)."""
+    trend_time_scale: float = _field(1.0, ge=1)
+    """Simulated fleets only (demos, drills, tests): the memory-trend clock runs this many
+    times faster than real time, so a leak that fills a simulated card in minutes is read
+    as the hours-long trend it stands for (slope per trend second = real slope / scale;
+    the projected time until the card is full, and the leak rule's threshold, are in trend
+    time). Every other timer (probes, ``for``, backoff) keeps real time. Real fleets: 1."""
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """``[exporter]``: the supervisor's own Prometheus endpoint (`console.exporter`):
+    worker state, routed, restarts, probe latency, GPU memory and alert states."""
+
+    port: int | None = _field(None, ge=1, le=65535)
+    """Port of ``GET /metrics``; unset (the default) leaves the exporter off. 29100 is the
+    documented choice next to sglang-router's 29000."""
+    host: str = "127.0.0.1"
+    """Bind address: loopback by default (``/metrics`` has no authentication; anything
+    else is a warning)."""
 
 
 @dataclass(frozen=True)
@@ -440,6 +459,8 @@ class FleetConfig:
     """``[[alerts]]``; the seed rules when absent."""
     metrics: MetricsConfig = _field(factory=MetricsConfig)
     """``[metrics]``."""
+    exporter: ExporterConfig = _field(factory=ExporterConfig)
+    """``[exporter]``."""
     sim: SimConfig = _field(factory=SimConfig)
     """``[sim]``."""
     source: Path | None = field(default=None, compare=False)
@@ -1004,6 +1025,7 @@ class _Validator:
         self._check_restart(cfg)
         self._check_alerts(cfg)
         self._check_buckets(cfg)
+        self._check_exporter(cfg)
         self._check_python(cfg)
         catalogue = self._catalogue(cfg)
         cfg = dataclasses.replace(cfg, catalogue=catalogue)
@@ -1049,6 +1071,8 @@ class _Validator:
             claim(b.port, "balancer.port", "balancer.port")
             if b.kind == "sglang-router":
                 claim(b.prometheus_port, "balancer.prometheus_port", "balancer.prometheus_port")
+        if cfg.exporter.port is not None:
+            claim(cfg.exporter.port, "exporter.port", "exporter.port")
         for i, w in enumerate(cfg.workers):
             claim(w.port, f"workers[{i}].port", f"workers[{i}].port")
         for i, w in enumerate(cfg.workers):
@@ -1190,6 +1214,16 @@ class _Validator:
             if rule.auto_remediate and rule.remediation == "none":
                 self.problem(f"{path}.remediation",
                              "auto_remediate = true needs a remediation (\"restart\" or \"drain\")")
+
+    def _check_exporter(self, cfg: FleetConfig) -> None:
+        if not self.bad("exporter.host") and not _LOOPBACK.match(cfg.exporter.host):
+            self.warn("exporter.host", f"{cfg.exporter.host!r} exposes /metrics (no "
+                      "authentication) beyond this host")
+        scale = cfg.metrics.trend_time_scale
+        if scale != 1 and cfg.engine != Engine.SIM and not self.bad(
+                "metrics.trend_time_scale", "engine"):
+            self.problem("metrics.trend_time_scale", f"{scale:g}: a compressed trend clock "
+                         "is for simulated fleets only (engine = \"sim\"); real fleets use 1")
 
     def _check_buckets(self, cfg: FleetConfig) -> None:
         path = "metrics.e2e_latency_buckets_s"
