@@ -213,7 +213,11 @@ class LoadSpec:
     batch: int = 1
     """Inputs per request: 1 sends a string, more send a list of strings."""
     vary_text: bool = False
-    """Append the request number to each text (defeats prefix caches; costs a little CPU)."""
+    """Append the request number to each text (defeats whole-text caches; costs a little CPU)."""
+    vary_prefix: bool = False
+    """Put the request number in front of each text: every input then differs from its
+    first token, which also defeats a prefix (radix) cache that a number at the end does
+    not."""
     dimension: int | None = None
     """Expected vector length; checked when set."""
     verify: Verify = "cheap"
@@ -581,13 +585,17 @@ class LoadGen:
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     def _inputs(self, n: int) -> str | list[str]:
-        text = f"{self._text} #{n}" if self.spec.vary_text else self._text
-        if self.spec.batch == 1:
-            return text
-        return [text if not self.spec.vary_text else f"{text}.{k}" for k in range(self.spec.batch)]
+        spec = self.spec
+        text = f"{self._text} #{n}" if spec.vary_text else self._text
+        if spec.batch == 1:
+            return f"{n} {text}" if spec.vary_prefix else text
+        items = [text if not spec.vary_text else f"{text}.{k}" for k in range(spec.batch)]
+        if spec.vary_prefix:
+            items = [f"{n}.{k} {item}" for k, item in enumerate(items)]
+        return items
 
     def _build_body_template(self) -> tuple[bytes, bytes] | None:
-        if self.spec.vary_text:
+        if self.spec.vary_text or self.spec.vary_prefix:
             return None
         placeholder = "\x00rid\x00"
         doc: dict[str, Any] = {"model": self.spec.model, "input": self._inputs(0)}
