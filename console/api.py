@@ -54,8 +54,7 @@ def snapshot(sup: Supervisor, *, read_only: bool = False) -> dict[str, Any]:
                        "since": to_wall(a.fired_at if a.state is AlertState.FIRING else a.active_at),
                        "message": a.summary, "severity": a.severity.value,
                        "silenced_until": to_wall(a.silenced_until)})
-    routed = [r for r in workers if r["routed"] and r["p95_ms"] is not None]
-    fleet_p95 = max((r["p95_ms"] for r in routed), default=None)
+    fleet_p50, fleet_p95, fleet_source = _fleet_latency(sup, now, workers)
     fleet_rps = sum(r["rps"] or 0.0 for r in workers if r["managed"]) if workers else None
     return {
         "schema": SCHEMA, "time": round(wall, 3), "fleet": sup.cfg.name,
@@ -65,12 +64,30 @@ def snapshot(sup: Supervisor, *, read_only: bool = False) -> dict[str, Any]:
                        "version": VERSION, "state_dir": str(sup.state_dir.root)},
         "balancer": {"kind": sup.cfg.balancer.kind,
                      "url": sup.balancer.url if sup.balancer else None,
-                     "healthy": sup.balancer_healthy, "p95_ms": fleet_p95, "rps": fleet_rps},
+                     "healthy": sup.balancer_healthy, "p50_ms": fleet_p50, "p95_ms": fleet_p95,
+                     "latency_source": fleet_source, "rps": fleet_rps},
         "workers": workers, "gpus": gpus, "alerts": alerts,
         "events": [{"time": round(e.time, 3), "kind": e.kind, "worker": e.worker,
                     "message": e.message, "outcome": e.fields.get("outcome")}
                    for e in reversed(sup.events)][:100],
     }
+
+
+def _fleet_latency(sup: Supervisor, now: float, workers: list[dict[str, Any]]
+                   ) -> tuple[float | None, float | None, str]:
+    """Fleet (P50, P95) ms and their source: ``balancer`` (its request-duration histogram
+    deltas over 5 min: what clients see), else ``workers_max`` (the largest routed
+    worker's P95, an upper bound; no P50), else ``none``."""
+    win = sup.fleet_latency
+    if win.count(now) >= 1:
+        p50, p95 = win.quantile(0.5, now), win.quantile(0.95, now)
+        if p95 is not None:
+            return (None if p50 is None else round(p50 * 1000.0, 2), round(p95 * 1000.0, 2),
+                    "balancer")
+    routed = [r["p95_ms"] for r in workers if r["routed"] and r["p95_ms"] is not None]
+    if routed:
+        return None, max(routed), "workers_max"
+    return None, None, "none"
 
 
 def _worker_row(sup: Supervisor, w: Any, now: float, wall: float) -> dict[str, Any]:

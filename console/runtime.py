@@ -21,6 +21,7 @@ from console.lifecycle import WorkerLifecycle
 from console.model import WorkerSpec, WorkerState
 from console.stats import (
     CounterRate,
+    CumulativeHistogram,
     HistogramWindow,
     LeakTrend,
     SampleWindow,
@@ -38,6 +39,10 @@ SERIES_STEP_S = 5.0
 """Spacing of the plot series points."""
 SERIES_KEEP_S = 3 * 3600.0
 """How much plot history is kept per worker."""
+PROBE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.2, 2.5,
+                   5.0, 10.0)
+"""Edges of the exported probe latency histogram: millisecond resolution (an embedding
+probe takes ~5-10 ms) and one at the 1.2 s alert threshold."""
 
 
 @dataclass
@@ -76,7 +81,15 @@ class WorkerRuntime:
     rate: CounterRate = field(default_factory=lambda: CounterRate(30.0))
     errors_rate: CounterRate = field(default_factory=lambda: CounterRate(300.0))
     leak: LeakTrend = field(default_factory=LeakTrend)
+    trend_scale: float = 1.0
+    """`MetricsConfig.trend_time_scale`: the leak trend's clock runs this much faster than
+    real time (simulated fleets); slope and time-to-full are in trend time."""
     stale: StaleDetector = field(default_factory=StaleDetector)
+    probe_hist: CumulativeHistogram = field(
+        default_factory=lambda: CumulativeHistogram(PROBE_BUCKETS_S))
+    """Latencies of passing probes since the supervisor started (exported)."""
+    probe_failures: int = 0
+    """Failed probes since the supervisor started (exported)."""
     running: int | None = None
     queued: int | None = None
     completions: float | None = None
@@ -120,11 +133,14 @@ class WorkerRuntime:
         self.last_probe = result
         if result.ok:
             self.probe_window.add(now, result.latency_s)
+            self.probe_hist.observe(result.latency_s)
             if result.vector is not None:
                 if self.reference_vector is None:
                     self.reference_vector = result.vector
                 else:
                     self.cosine = cosine(self.reference_vector, result.vector)
+        else:
+            self.probe_failures += 1
         progressed = (self.completions is not None and self.completions_at_last_probe is not None
                       and self.completions > self.completions_at_last_probe)
         self.completions_at_last_probe = self.completions
@@ -162,7 +178,7 @@ class WorkerRuntime:
         self.gpu_card_used_mib = card_used
         self.gpu_card_total_mib = card_total
         if used_mib is not None:
-            self.leak.observe(now, float(used_mib))
+            self.leak.observe(now * self.trend_scale, float(used_mib))
 
     # ------------------------------------------------------------------ reading
 
@@ -180,7 +196,7 @@ class WorkerRuntime:
 
     def leak_figures(self, now: float) -> tuple[float | None, float | None]:
         """(slope MiB/h, seconds until the card is full) when memory is growing."""
-        slope_s = self.leak.leak_slope(now)
+        slope_s = self.leak.leak_slope(now * self.trend_scale)
         if slope_s is None:
             return None, None
         if self.gpu_card_used_mib is None or self.gpu_card_total_mib is None:

@@ -15,6 +15,7 @@ Times are seconds (monotonic is best); memory is MiB.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "Buckets",
     "CounterRate",
+    "CumulativeHistogram",
     "HistogramWindow",
     "LeakTrend",
     "SampleWindow",
@@ -313,6 +315,38 @@ class HistogramWindow:
         """Share of the window's observations above `threshold` (see `fraction_above`)."""
         b = self.buckets(now)
         return fraction_above(threshold, b) if b else None
+
+
+class CumulativeHistogram:
+    """A Prometheus-style cumulative histogram of everything observed since creation
+    (what an exporter serves): a value v counts in every bucket with ``le >= v``."""
+
+    def __init__(self, edges: Sequence[float]) -> None:
+        ordered = sorted(float(e) for e in edges if not math.isinf(e))
+        if not ordered or len(set(ordered)) != len(ordered):
+            raise ValueError("need distinct finite bucket edges")
+        self.edges = tuple(ordered)
+        self._counts = [0] * len(self.edges)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.count += 1
+        self.sum += value
+        i = bisect.bisect_left(self.edges, value)
+        if i < len(self._counts):
+            self._counts[i] += 1
+
+    def buckets(self) -> list[tuple[float, float]]:
+        """Cumulative ``(le, count)`` pairs, ending with ``(+Inf, count)``."""
+        out: list[tuple[float, float]] = []
+        running = 0
+        for le, c in zip(self.edges, self._counts):
+            running += c
+            out.append((le, float(running)))
+        out.append((math.inf, float(self.count)))
+        return out
 
 
 # ------------------------------------------------------------------ counters

@@ -31,6 +31,7 @@ from backends.balancer import Balancer, adopt_balancer, create_balancer
 from backends.balancer_nginx import NginxSettings
 from backends.balancer_router import RouterSettings
 from backends.gpu import GpuSample, GpuSource, SimGpuSource, attribute, make_gpu_source
+from backends.promtext import parse_metrics
 from backends.sglang import effect_warnings, mask_argv
 from backends.sglang_client import SglangClient
 from console.alerts import AlertEngine, AlertSettings, AlertTransition, WorkerFacts
@@ -42,6 +43,7 @@ from console.model import Engine, Event, LaunchCommand, WorkerSpec, WorkerState
 from console.policy import BackoffPolicy, CrashLoopPolicy, LifecyclePolicy, probe_timeout_s
 from console.runtime import ActionProgress, WorkerRuntime
 from console.statedir import StateDir
+from console.stats import HistogramWindow
 
 log = logging.getLogger("embedops.supervisor")
 
@@ -50,6 +52,8 @@ EXIT_POLL_S = 0.1
 SCRAPE_S = 1.0
 GPU_S = 1.0
 TICK_S = 0.2
+ROUTER_DURATION = "smg_router_request_duration_seconds"
+"""sglang-router's histogram of client requests (embeddings are ``endpoint="other"``)."""
 DISCOVER_S = 15.0
 EVENTS_KEPT = 500
 LOG_TAIL_BYTES = 16 * 1024
@@ -97,7 +101,8 @@ def balancer_settings(cfg: FleetConfig) -> RouterSettings | NginxSettings | None
             health_failure_threshold=b.health_failure_threshold,
             health_success_threshold=b.health_success_threshold,
             cb_failure_threshold=b.cb_failure_threshold, cb_timeout_s=int(b.cb_timeout_s),
-            retry_max_retries=b.retry_max_retries)
+            retry_max_retries=b.retry_max_retries,
+            duration_buckets_s=cfg.metrics.e2e_latency_buckets_s)
     if b.kind == "nginx":
         return NginxSettings(port=b.port, host=b.host, binary=b.nginx_binary,
                              read_timeout_s=b.request_timeout_s)
@@ -146,6 +151,8 @@ class Supervisor:
         self._dirty = True
         self.started_wall = time.time()
         self.cycle_times: deque[float] = deque(maxlen=600)
+        self.fleet_latency = HistogramWindow()
+        """Client-perceived latency at the balancer (its request-duration histogram)."""
         self.last_validation: dict[str, Any] | None = None
 
     # ================================================================== lifecycle of the supervisor
@@ -543,7 +550,8 @@ class Supervisor:
             t0 = time.perf_counter()
             targets = [w for w in self._all_runtimes()
                        if w.lifecycle.probing or w.state is S.DRAINING]
-            await asyncio.gather(*(self._scrape(w) for w in targets), return_exceptions=True)
+            await asyncio.gather(*(self._scrape(w) for w in targets), self._scrape_balancer(),
+                                 return_exceptions=True)
             self.cycle_times.append(time.perf_counter() - t0)
             now = self.clock()
             wall = time.time()
@@ -565,6 +573,23 @@ class Supervisor:
                 w.action.progress = f"draining: {inflight if inflight is not None else '?'} in flight"
             await self._apply(w, w.lifecycle.observe_inflight(now, inflight))
 
+    async def _scrape_balancer(self) -> None:
+        """Fold the balancer's request-duration histogram (sglang-router: every client
+        request, retries included, all workers together) into `fleet_latency`."""
+        url = getattr(self.balancer, "prometheus_url", None)
+        if not url:
+            return
+        try:
+            r = await self._http.get(url, timeout=2.0)
+            hist = parse_metrics(r.text, content_type=r.headers.get("content-type")).histogram(
+                ROUTER_DURATION)
+        except Exception:  # noqa: BLE001 - the fleet P95 falls back to the workers'
+            return
+        if hist is not None:
+            ident = self.balancer.identity if self.balancer else None
+            self.fleet_latency.observe(self.clock(), hist.buckets,
+                                       instance=ident.pid if ident else None)
+
     async def _gpu_loop(self) -> None:
         while True:
             if self._gpu is not None:
@@ -582,6 +607,7 @@ class Supervisor:
         cards = {d.index: d for d in sample.devices}
         now = self.clock()
         for w in self._all_runtimes():
+            w.trend_scale = self.cfg.metrics.trend_time_scale
             card = cards.get(w.spec.gpu if w.spec.gpu is not None else 0)
             w.fold_gpu(now, shares.get(w.name), card.used_mib if card else None,
                        card.total_mib if card else None)
@@ -610,9 +636,12 @@ class Supervisor:
         silenced = " (silenced)" if tr.silenced else ""
         self._event("alert", a.worker, f"{a.rule} {tr.target.value}: {a.summary}{silenced}")
         if tr.remediation is not None and a.worker in self.workers:
-            self._event("remediation", a.worker, f"auto-remediation {tr.remediation.value}")
-            with contextlib.suppress(ActionError):
+            self._event("remediation", a.worker, f"auto-remediation {tr.remediation.value} "
+                        f"({a.rule})")
+            try:
                 self.start_action("restart", a.worker, caller_uid=None)
+            except ActionError as exc:
+                self._event("remediation", a.worker, f"auto-remediation not started: {exc}")
 
     async def _balancer_loop(self) -> None:
         """Watch the balancer; restart it when it died (workers are not touched)."""
