@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 
 from backends import procs
+from backends.promtext import MetricsSnapshot, parse_metrics
 from backends.sim.loadgen import LoadGen, LoadReport, LoadSpec
 from console import config as fleet_config
 from console.control import ControlError, SupervisorNotRunning, SyncControlClient
@@ -298,12 +299,36 @@ class Fleet:
             evs = c.get("/v1/events", params={"limit": limit})["events"]
         return [e for e in evs if worker is None or e["worker"] == worker]
 
+    def port_of(self, name: str) -> int:
+        """The port of a worker defined in the fleet file."""
+        return next(d.port for d in self.defs if d.name == name)
+
+    def url_of(self, name: str) -> str:
+        """The URL the balancer knows a worker by."""
+        return f"http://127.0.0.1:{self.port_of(name)}"
+
+    def router_metrics(self) -> MetricsSnapshot:
+        """The router's Prometheus metrics (``smg_*``; per-worker series are labelled
+        ``worker="<url>"``)."""
+        import httpx
+
+        r = httpx.get(f"http://127.0.0.1:{self.prom_port}/metrics", timeout=5.0)
+        r.raise_for_status()
+        return parse_metrics(r.text)
+
+    def worker_metrics(self, name: str) -> MetricsSnapshot:
+        """A worker's own ``/metrics`` (``sglang:*``), read directly, not via the router."""
+        import httpx
+
+        r = httpx.get(f"{self.url_of(name)}/metrics", timeout=5.0)
+        r.raise_for_status()
+        return parse_metrics(r.text)
+
     def sim_faults(self, name: str, faults: dict[str, Any]) -> dict[str, Any]:
         """Set faults on a sim worker directly (its test-only endpoint)."""
         import httpx
 
-        port = next(d.port for d in self.defs if d.name == name)
-        r = httpx.post(f"http://127.0.0.1:{port}/_sim/faults", json=faults, timeout=5.0)
+        r = httpx.post(f"{self.url_of(name)}/_sim/faults", json=faults, timeout=5.0)
         r.raise_for_status()
         return dict(r.json())
 
@@ -408,6 +433,11 @@ class StatusSampler:
         return None
 
 
+def report(name: str, **figures: Any) -> None:
+    """Print a drill's figures as one JSON line (``[F4 ...] {...}``; run with ``-s``)."""
+    print(f"\n[{name}] " + json.dumps(figures, default=str))
+
+
 def row(snap: dict[str, Any], name: str) -> dict[str, Any]:
     """A worker's row in a snapshot."""
     return next(w for w in snap["workers"] if w["name"] == name)
@@ -427,4 +457,4 @@ def running_fleet(root: Path, workers: Iterable[WorkerDef] | int = 3, *, start: 
 
 
 __all__ = ["DIMENSION", "MODEL", "Fleet", "Load", "StatusSampler", "WorkerDef", "fleet_toml",
-           "row", "running_fleet", "summary"]
+           "report", "row", "running_fleet", "summary"]
