@@ -39,7 +39,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from backends.sim.loadgen import DEFAULT_QUERY, LoadGen, LoadReport, LoadSpec, summarize_ms
+from backends.sim.loadgen import (
+    DEFAULT_QUERY,
+    LoadGen,
+    LoadReport,
+    LoadSpec,
+    summarize_ms,
+)
 
 REPORT_SCHEMA = 1
 INPUT_KINDS = ("short", "512", "long")
@@ -114,6 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direct", action="store_true",
                    help="also send each rate straight to the workers (interleaved) and report "
                         "the balancer's added latency")
+    p.add_argument("--same-input", action="store_true",
+                   help="send the very same text every time (default: each request's text "
+                        "starts with its number, so no prefix cache can serve it)")
     p.add_argument("--model", default=None,
                    help="the request's model field (default: from /v1/models)")
     p.add_argument("--deadline-s", type=_positive(float, "number"), default=10.0,
@@ -142,7 +151,9 @@ class Target:
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for the report."""
-        return dict(self.__dict__, api_key=None)
+        out = dict(self.__dict__)
+        out.pop("api_key")
+        return out
 
 
 def check_url(url: str, option: str = "--url") -> str:
@@ -247,6 +258,8 @@ class InputPlan:
     batch: int
     tokens_per_request: int | None
     words: int
+    vary: bool = True
+    """Each request's inputs start with its number (`LoadSpec.vary_prefix`)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for the report (not the text itself)."""
@@ -254,7 +267,7 @@ class InputPlan:
                      else round(self.tokens_per_request / self.batch, 1))
         return {"kind": self.kind, "batch": self.batch, "words_per_input": self.words,
                 "tokens_per_input": per_input, "tokens_per_request": self.tokens_per_request,
-                "chars_per_input": len(self.text)}
+                "chars_per_input": len(self.text), "distinct_inputs": self.vary}
 
 
 def words_text(n: int) -> str:
@@ -263,10 +276,12 @@ def words_text(n: int) -> str:
 
 
 def calibrate(client: httpx.Client, url: str, model: str, text: str, batch: int,
-              api_key: str | None) -> tuple[int, int | None, str]:
+              api_key: str | None, *, vary: bool = True) -> tuple[int, int | None, str]:
     """One request as the benchmark will send it: (HTTP status, usage.prompt_tokens,
     error message)."""
-    body: dict[str, Any] = {"model": model, "input": text if batch == 1 else [text] * batch}
+    items = [f"0.{k} {text}" if vary and batch > 1 else f"0 {text}" if vary else text
+             for k in range(batch)]
+    body: dict[str, Any] = {"model": model, "input": items[0] if batch == 1 else items}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         r = client.post(url + "/v1/embeddings", json=body, headers=headers)
@@ -287,17 +302,19 @@ def calibrate(client: httpx.Client, url: str, model: str, text: str, batch: int,
     return 200, tokens if isinstance(tokens, int) else None, ""
 
 
-def plan_input(client: httpx.Client, target: Target, kind: str, batch: int) -> InputPlan:
+def plan_input(client: httpx.Client, target: Target, kind: str, batch: int, *,
+               vary: bool = True) -> InputPlan:
     """Build the input of `kind` and check, with one request, that the server takes it."""
     url = target.url
 
     def attempt(text: str, words: int) -> InputPlan:
-        status, tokens, msg = calibrate(client, url, target.model, text, batch, target.api_key)
+        status, tokens, msg = calibrate(client, url, target.model, text, batch, target.api_key,
+                                        vary=vary)
         if status != 200:
             where = f"POST {url}/v1/embeddings"
             raise BenchError(f"{where} with --input {kind} --batch {batch}: "
                              + (f"HTTP {status}: {msg}" if status else msg))
-        return InputPlan(kind, text, batch, tokens, words)
+        return InputPlan(kind, text, batch, tokens, words, vary)
 
     if kind == "short":
         return attempt(DEFAULT_QUERY, len(DEFAULT_QUERY.split()))
@@ -314,9 +331,10 @@ def plan_input(client: httpx.Client, target: Target, kind: str, batch: int) -> I
     last = ""
     for _ in range(6):
         text = words_text(words)
-        status, tokens, msg = calibrate(client, url, target.model, text, batch, target.api_key)
+        status, tokens, msg = calibrate(client, url, target.model, text, batch, target.api_key,
+                                        vary=vary)
         if status == 200:
-            return InputPlan(kind, text, batch, tokens, words)
+            return InputPlan(kind, text, batch, tokens, words, vary)
         last = f"HTTP {status}: {msg}" if status else msg
         if status != 400:
             break
@@ -339,6 +357,9 @@ class PathStats:
     latencies_s: list[float] = field(default_factory=list)
     max_ms: float = 0.0
     active_s: float = 0.0
+    """Wall time from the first send to the last answer, summed over slices."""
+    send_s: float = 0.0
+    """Time spent sending (the schedule's span), summed over slices."""
     error_samples: list[str] = field(default_factory=list)
 
     def add(self, gen: LoadGen, report: LoadReport) -> None:
@@ -364,12 +385,13 @@ class PathStats:
         lat = summarize_ms(self.latencies_s)
         if lat["n"]:
             lat["max"] = max(lat["max"], self.max_ms)
-        ok_rps = self.ok / self.active_s if self.active_s > 0 else 0.0
+        span = max(self.active_s, self.send_s)
+        ok_rps = self.ok / span if span > 0 else 0.0
         return {
             "sent": self.sent, "ok": self.ok, "error_total": self.error_total,
             "errors": self.errors, "error_samples": self.error_samples,
             "latency_ms": lat,
-            "achieved_rps": round(self.sent / self.active_s, 2) if self.active_s > 0 else 0.0,
+            "achieved_rps": round(self.sent / self.send_s, 2) if self.send_s > 0 else 0.0,
             "ok_rps": round(ok_rps, 2),
             "tokens_per_s": (None if tokens_per_request is None
                              else round(ok_rps * tokens_per_request, 1)),
@@ -427,6 +449,7 @@ class Runner:
         return LoadSpec(url=url, rate=rate, duration_s=seconds, model=self.target.model,
                         api_key=self.target.api_key, deadline_s=self.deadline_s,
                         text=self.plan.text, batch=self.plan.batch, rid_prefix="bench",
+                        vary_prefix=self.plan.vary,
                         max_connections=256)
 
     async def _ticker(self, rate: float, total_s: float) -> None:
@@ -455,11 +478,13 @@ class Runner:
         t0 = time.monotonic()
         reports = await asyncio.gather(*(g.run() for g in gens))
         into.active_s += time.monotonic() - t0
+        into.send_s += max((_send_s(r) for r in reports), default=0.0)
         for i, (g, r) in enumerate(zip(gens, reports)):
             into.add(g, r)
             if per_worker is not None:
                 per_worker[i].add(g, r)
                 per_worker[i].active_s += r.duration_s
+                per_worker[i].send_s += _send_s(r)
         self._live = []
 
     async def run_rate(self, rate: float) -> dict[str, Any]:
@@ -510,6 +535,11 @@ class Runner:
             self.progress(f"[bench] rate {rate:g}/s done: sent {row['sent']} ok {row['ok']} "
                           f"err {row['error_total']} p50 {lat['p50']} p99 {lat['p99']} ms")
         return row
+
+
+def _send_s(report: LoadReport) -> float:
+    """The span a generator spent sending (its achieved rate's denominator)."""
+    return report.sent / report.achieved_rps if report.achieved_rps > 0 else 0.0
 
 
 def find_max_verdict(row: dict[str, Any], bound_ms: float) -> str | None:
@@ -672,7 +702,7 @@ def run(args: argparse.Namespace, snapshot_of: Callable[[], dict[str, Any]]) -> 
             info_urls = [target.url, *info_urls]
         target.model = args.model or discover_model(client, [target.url, *info_urls]) or "default"
         target.input_limit, target.input_limit_source = discover_input_limit(client, info_urls)
-        plan = plan_input(client, target, args.input, args.batch)
+        plan = plan_input(client, target, args.input, args.batch, vary=not args.same_input)
     if progress is not None:
         progress(f"[bench] {target.url} model {target.model}: input {plan.kind} "
                  f"({plan.tokens_per_request} tokens/request), rates "
