@@ -2,8 +2,10 @@
 
 Not a pass/fail test. The canned control server runs in a child process so only the
 console's own CPU is measured. Terminal output cost is not included (headless driver).
+With a worker count, the canned fleet has that many ready workers whose figures (req/s,
+P50/P95, running, GPU MiB) change every second, so every refresh updates cells.
 
-    .venv/bin/python tests/tui/bench_tui_cpu.py [seconds]
+    .venv/bin/python tests/tui/bench_tui_cpu.py [seconds] [workers,...]   # e.g. 20 8,64
 """
 
 from __future__ import annotations
@@ -17,19 +19,42 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from console.control import ControlClient  # noqa: E402
-from console.tui.app import EmbedopsApp  # noqa: E402
-from tests.tui.static_supervisor import remove_dir, short_socket_dir  # noqa: E402
+from console.control import ControlClient
+from console.tui.app import EmbedopsApp
+from tests.tui.static_supervisor import remove_dir, short_socket_dir
 
 SERVER = """
-import sys, time
-from tests.tui.static_supervisor import StaticSupervisor
-sup = StaticSupervisor(sys.argv[1]).start()
+import random, sys, time
+from tests.tui.static_supervisor import StaticSupervisor, _worker, default_snapshot
+n = int(sys.argv[3])
+snap = default_snapshot()
+if n:
+    snap["workers"] = [_worker(f"w{i + 1}", port=30001 + i, gpu=i % 8) for i in range(n)]
+    for g in snap["gpus"]:
+        g["workers"] = {}
+sup = StaticSupervisor(sys.argv[1], snap).start()
 print("ready", flush=True)
-time.sleep(float(sys.argv[2]))
+end = time.monotonic() + float(sys.argv[2])
+rng = random.Random(1)
+
+def jiggle(s):
+    for w in s["workers"]:
+        w["rps"] = round(rng.uniform(5, 50), 1)
+        w["p50_ms"] = round(rng.uniform(5, 15), 1)
+        w["p95_ms"] = round(w["p50_ms"] * rng.uniform(1.2, 3), 1)
+        w["running"] = rng.randrange(4)
+        w["gpu_mem_mib"] = 34000 + rng.randrange(500)
+    s["time"] += 1.0
+
+while time.monotonic() < end:
+    time.sleep(1.0)
+    if n:
+        sup.mutate(jiggle)
 sup.stop()
 """
 
@@ -58,18 +83,31 @@ async def measure(socket: Path, seconds: float, detail: bool) -> dict[str, float
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
+    counts = [int(n) for n in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0]
+    if counts != [0]:
+        out = {"refresh_s": 1.0, "seconds": seconds,
+               "runs": [one(seconds, n) for n in counts]}
+        print(json.dumps(out))
+        return
+    print(json.dumps(one(seconds, 0)))
+
+
+def one(seconds: float, workers: int) -> dict[str, object]:
+    """Main and detail screen against a canned fleet of `workers` (0: the 5-worker default)."""
     directory = short_socket_dir()
     socket = directory / "control.sock"
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(socket), str(4 * seconds + 60)],
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(socket), str(4 * seconds + 60),
+                               str(workers)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)},
                               start_new_session=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        out = {"refresh_s": 1.0, "seconds": seconds, "workers": 5,
-               "main_screen": asyncio.run(measure(socket, seconds, detail=False)),
-               "detail_screen": asyncio.run(measure(socket, seconds, detail=True))}
-        print(json.dumps(out))
+        return {"refresh_s": 1.0, "seconds": seconds, "workers": workers or 5,
+                "main_screen": asyncio.run(measure(socket, seconds, detail=False)),
+                "detail_screen": asyncio.run(measure(socket, seconds, detail=True)),
+                "rss_mib_now": round(psutil.Process().memory_info().rss / 2**20, 1),
+                "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     finally:
         server.kill()
         server.wait(10)
