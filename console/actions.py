@@ -97,7 +97,7 @@ async def undrain(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any]
     """Put a drained worker back into the balancer."""
     w = _need(w)
     await sup._apply(w, w.lifecycle.undrain(sup.clock()))
-    if w.state in ROUTED_STATES:
+    if _serving(sup, w):
         return "ok", "back in the balancer"
     return "ok", f"undrained; {w.state.value} until probes pass"
 
@@ -107,18 +107,24 @@ async def restart(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any]
     w = _need(w)
     old = w.identity
     await sup._apply(w, w.lifecycle.begin_restart(sup.clock()))
-    ok = await _wait(sup, w, lambda: _settled(w, old), _restart_budget(sup, w))
-    if ok and w.state in ROUTED_STATES:
+    ok = await _wait(sup, w, lambda: _settled(sup, w, old), _restart_budget(sup, w))
+    if ok and _serving(sup, w):
         pid = w.identity.pid if w.identity else "?"
         return "ok", f"restarted: pid {pid}, ready and routed"
     return "failed", f"restart did not complete: {w.state.value} ({w.lifecycle.status(sup.clock()).reason})"
 
 
-def _settled(w: WorkerRuntime, old: procs.ProcessIdentity | None) -> bool:
+def _serving(sup: Supervisor, w: WorkerRuntime) -> bool:
+    """Ready and listed by the balancer: clients reach it (ready alone is not enough:
+    sglang-router registers asynchronously)."""
+    return w.state in ROUTED_STATES and (sup.balancer is None or w.in_balancer)
+
+
+def _settled(sup: Supervisor, w: WorkerRuntime, old: procs.ProcessIdentity | None) -> bool:
     """A restart is over: a new generation is routed, or it failed."""
     if w.state in (S.FAILED, S.STOPPED):
         return True
-    return w.state in ROUTED_STATES and w.identity is not None and w.identity != old
+    return _serving(sup, w) and w.identity is not None and w.identity != old
 
 
 async def kill(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any]) -> Outcome:
@@ -199,11 +205,11 @@ async def retune(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any])
     except Exception:
         w.spec, w.previous_spec = old_spec, None
         raise
-    await _wait(sup, w, lambda: _settled(w, old) and w.spec in (new, old_spec)
+    await _wait(sup, w, lambda: _settled(sup, w, old) and w.spec in (new, old_spec)
                 and (w.spec == new or w.previous_spec is None), _restart_budget(sup, w) * 2)
     changed = ", ".join(f"{k}={v}" for k, v in args.items())
     note = ("; note: " + "; ".join(warnings)) if warnings else ""
-    if w.state in ROUTED_STATES and w.spec == new:
+    if _serving(sup, w) and w.spec == new:
         return "ok", f"retuned {changed}: ready with the new settings{note}"
     if w.spec == old_spec:
         ready = "ready again" if w.state in ROUTED_STATES else f"now {w.state.value}"
@@ -279,8 +285,8 @@ async def adopt(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any]) 
     runtime = sup._add_adopted(spec, found.identity, tuple(argv))
     await sup._apply(runtime, runtime.lifecycle.adopt(sup.clock()))
     old = runtime.identity
-    ok = await _wait(sup, runtime, lambda: _settled(runtime, old), _restart_budget(sup, runtime))
-    if ok and runtime.state in ROUTED_STATES:
+    ok = await _wait(sup, runtime, lambda: _settled(sup, runtime, old), _restart_budget(sup, runtime))
+    if ok and _serving(sup, runtime):
         return "ok", f"adopted pid {pid} as {name}: relaunched under supervision"
     return "failed", f"adoption of pid {pid} ended in state {runtime.state.value}"
 
@@ -292,9 +298,9 @@ async def add(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any]) ->
     sup._update_gpu_urls()
     sup._ensure_probe_task(runtime)
     await sup._apply(runtime, runtime.lifecycle.start(sup.clock()))
-    ok = await _wait(sup, runtime, lambda: runtime.state in ROUTED_STATES
+    ok = await _wait(sup, runtime, lambda: _serving(sup, runtime)
                      or runtime.state in (S.FAILED, S.BACKOFF), _restart_budget(sup, runtime))
-    if ok and runtime.state in ROUTED_STATES:
+    if ok and _serving(sup, runtime):
         return "ok", f"added {spec.name} on port {spec.port}: ready and routed"
     return "failed", f"{spec.name} added but {runtime.state.value}"
 

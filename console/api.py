@@ -106,7 +106,7 @@ def _worker_row(sup: Supervisor, w: Any, now: float, wall: float) -> dict[str, A
     probe = w.last_probe
     return {
         "name": w.name, "state": st.state.value, "managed": w.managed,
-        "routed": bool(st.registered), "pid": w.identity.pid if w.identity else None,
+        "routed": bool(st.registered) and (sup.balancer is None or w.in_balancer), "pid": w.identity.pid if w.identity else None,
         "port": w.spec.port, "url": w.spec.url, "gpu": w.spec.gpu,
         "mem_fraction_static": w.spec.mem_fraction_static, "cuda_graph": w.spec.cuda_graph,
         "max_running_requests": w.spec.max_running_requests,

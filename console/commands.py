@@ -163,7 +163,11 @@ def _wait_ready(client: SyncControlClient, timeout_s: float) -> int:
                 print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n",
                       flush=True)
                 last = line
+            # ready is not enough: `up` returns once the balancer routes to every ready worker
+            has_balancer = snap["balancer"]["url"] is not None
             settled = all(w["state"] in SETTLED_STATES and not _queued(w, snap)
+                          and (w["routed"] or not has_balancer
+                               or w["state"] not in ("ready", "degraded"))
                           for w in workers)
             if settled and workers:
                 if tty:

@@ -1180,10 +1180,14 @@ class _Validator:
             self.warn("balancer.host", f"{b.host!r} exposes the balancer beyond this host"
                       + ("; the router's worker API is open without "
                          "control_plane_api_key_env" if open_api else ""))
-        if cfg.engine == Engine.SGLANG and b.health_check_timeout_s < 2:
-            self.warn("balancer.health_check_timeout_s",
-                      f"{b.health_check_timeout_s:g} s is short for real SGLang, whose /health "
-                      "runs a 1-token request and takes about 1 s")
+        if b.health_check_endpoint in ("/health", "/health_generate"):
+            # SGLang's /health runs a 1-token request and then sleeps 1 s (the sim does the
+            # same): at 1 s the router marks every worker unhealthy and routes nothing
+            if b.health_check_timeout_s < 2:
+                self.problem("balancer.health_check_timeout_s",
+                             f"{b.health_check_timeout_s:g} s is shorter than SGLang's "
+                             f"{b.health_check_endpoint}, which takes about 1 s: every "
+                             "health check would time out; use 2 s or more (default 3)")
         if not b.health_check_endpoint.startswith("/"):
             self.problem("balancer.health_check_endpoint",
                          f"{b.health_check_endpoint!r} must start with '/'")

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backends import procs
 from console.api import install_routes
@@ -24,6 +25,9 @@ from console.control import ControlServer, SupervisorNotRunning, SyncControlClie
 from console.model import LaunchCommand
 from console.statedir import LockHeld, StateDir, SupervisorLock
 from console.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from console.exporter import Exporter
 
 log = logging.getLogger("embedops")
 
@@ -70,9 +74,14 @@ async def serve(cfg: FleetConfig, state_dir: StateDir, *, read_only_uids: set[in
                     await asyncio.wait_for(sup.shutdown(), timeout=30)
                 raise
             log.info("control socket %s", state_dir.socket_path)
+            exporter = _start_exporter(sup, cfg)
             if ready is not None:
                 ready.set()
-            await sup.wait_stopping()
+            try:
+                await sup.wait_stopping()
+            finally:
+                if exporter is not None:
+                    await asyncio.to_thread(exporter.stop)
             # the state file is written last: wait for the whole shutdown, then let an
             # in-flight shutdown reply go out before the socket closes
             with contextlib.suppress(asyncio.TimeoutError):
@@ -85,6 +94,23 @@ async def serve(cfg: FleetConfig, state_dir: StateDir, *, read_only_uids: set[in
         return 0
     finally:
         lock.release()
+
+
+def _start_exporter(sup: Supervisor, cfg: FleetConfig) -> Exporter | None:
+    """Serve ``[exporter]``'s Prometheus endpoint when configured; a port that cannot be
+    bound is reported (event + log) and the fleet runs on without it."""
+    if cfg.exporter.port is None:
+        return None
+    from console.exporter import start_exporter
+
+    where = f"{cfg.exporter.host}:{cfg.exporter.port}"
+    try:
+        exporter = start_exporter(sup, host=cfg.exporter.host, port=cfg.exporter.port)
+    except OSError as exc:
+        sup._event("exporter", None, f"cannot serve Prometheus metrics on {where}: {exc}")
+        return None
+    sup._event("exporter", None, f"Prometheus metrics on http://{where}/metrics")
+    return exporter
 
 
 def run_supervisor(cfg: FleetConfig, state_dir: StateDir, *, verbose: bool = False) -> int:

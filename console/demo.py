@@ -48,7 +48,7 @@ def demo_config(workers: int, gpus: int, ports: list[int]) -> str:
         "dimension = 2560", "", "[defaults]", f"mem_fraction_static = {fraction}", "",
         "[balancer]", 'kind = "sglang-router"', f"port = {ports[0]}",
         f"prometheus_port = {ports[1]}", "request_timeout_s = 5",
-        "health_check_interval_s = 1", "health_check_timeout_s = 1", "",
+        "health_check_interval_s = 1", "health_check_timeout_s = 3", "",
         "[restart]", "startup_timeout_s = 30", "stop_grace_s = 5", "drain_timeout_s = 10", "",
         "[sim]", f"gpu_count = {gpus}", "load_s = 2.0", "warmup_s = 1.0",
         "base_latency_ms = 8", "per_token_us = 20", "",

@@ -75,6 +75,9 @@ class WorkerRuntime:
     started_wall: float | None = None
     action: ActionProgress | None = None
     stop_in_progress: bool = False
+    in_balancer: bool = False
+    """The balancer lists this worker as routable (its add was acknowledged and, for
+    sglang-router, the worker appears in ``/workers``): what `routed` in the snapshot means."""
     # folded observations
     probe_window: SampleWindow = field(default_factory=lambda: SampleWindow(300.0, 10.0))
     latency: HistogramWindow = field(default_factory=HistogramWindow)

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from backends import procs
-from backends.balancer import Balancer, adopt_balancer, create_balancer
+from backends.balancer import Balancer, adopt_balancer, create_balancer, normalize_url
 from backends.balancer_nginx import NginxSettings
 from backends.balancer_router import RouterSettings
 from backends.gpu import GpuSample, GpuSource, SimGpuSource, attribute, make_gpu_source
@@ -415,14 +415,17 @@ class Supervisor:
         if self.balancer is None:
             return
         try:
-            await self.balancer.add(w.spec.url, api_key=w.spec.api_key)
-            self._event("balancer", w.name, "registered in the balancer")
+            routed = await self.balancer.add(w.spec.url, api_key=w.spec.api_key)
+            w.in_balancer = routed.routable and w.lifecycle.registered
+            self._event("balancer", w.name, "registered in the balancer" if not routed.pending
+                        else "registration sent; the balancer has not listed it yet")
         except Exception as exc:  # noqa: BLE001 - reported, retried by the balancer loop
             self._event("balancer", w.name, f"register failed: {exc}")
 
     async def _eject(self, w: WorkerRuntime) -> None:
         if self.balancer is None:
             return
+        w.in_balancer = False
         try:
             await self.balancer.remove(w.spec.url)
             self._event("balancer", w.name, "removed from the balancer")
@@ -654,11 +657,15 @@ class Supervisor:
                 self._event("balancer", None, "balancer healthy" if healthy else
                             "balancer not answering")
             self.balancer_healthy = healthy
+            if healthy:
+                await self._refresh_routed()
             ident = self.balancer.identity
             if not healthy and ident is not None and not procs.is_running(ident):
                 self._event("balancer", None, "balancer process gone: restarting it")
                 with contextlib.suppress(Exception):
                     await self.balancer.stop()
+                for w in self.workers.values():
+                    w.in_balancer = False
                 try:
                     self.balancer = create_balancer(self._bsettings, self.state_dir.root)
                     await self.balancer.start()
@@ -668,6 +675,20 @@ class Supervisor:
                     self._save_state()
                 except Exception as exc:  # noqa: BLE001
                     self._event("balancer", None, f"balancer restart failed: {exc}")
+
+    async def _refresh_routed(self) -> None:
+        """Read which workers the balancer really routes to (registration is asynchronous in
+        sglang-router, and a restarted router forgets): `routed` is what it lists."""
+        assert self.balancer is not None
+        try:
+            listed = {r.url: r.routable for r in await self.balancer.list()}
+        except Exception:  # noqa: BLE001 - a failed read keeps the last known value
+            return
+        for w in self.workers.values():
+            routed = listed.get(normalize_url(w.spec.url), False) and w.lifecycle.registered
+            if routed != w.in_balancer:
+                w.in_balancer = routed
+                self._dirty = True
 
     async def _discover_loop(self) -> None:
         """List SGLang servers on this box that we did not start (attached, unmanaged)."""

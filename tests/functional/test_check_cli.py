@@ -160,12 +160,6 @@ def test_sglang_help_reads_and_caches_the_installed_flags(tmp_path: Path) -> Non
     assert r.returncode == 1 and "unknown flag --enable-torch-compile-x" in r.stderr
 
 
-def test_no_subcommand_prints_help() -> None:
-    r = embedops()
-    assert r.returncode == 2
-    assert "check" in r.stderr and "usage: embedops" in r.stderr
-
-
 @pytest.mark.parametrize("flag", ["--quiet", "-q"])
 def test_quiet(flag: str) -> None:
     r = embedops("check", "--config", "console/fleet.sim.toml", flag)

@@ -277,9 +277,6 @@ def test_up_starts_a_background_supervisor_and_reports_each_worker(fleet: Fleet)
     wait_for(lambda: fleet.routed_urls() == urls, 10, "both workers listed by the router")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "supervisor bug: the lifecycle marks a worker ready and routed before the balancer "
-    "add (which waits for the router to list it) has run, so `up` can return first"))
 def test_up_returns_once_the_router_lists_every_worker(fleet: Fleet) -> None:
     assert fleet.up.returncode == 0
     assert fleet.routed_right_after_up == {

@@ -176,9 +176,6 @@ def test_demo_load_went_through_the_router(finished: tuple[Demo, int, Path]) -> 
     assert sent >= 20 and ok >= sent // 2, summary  # ~6 s at 10 req/s
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "supervisor bug: workers are reported ready and routed before sglang-router lists "
-    "them, so the load started right after `up` gets 503s for about a second"))
 def test_demo_load_sees_no_errors(finished: tuple[Demo, int, Path]) -> None:
     _, _, sd = finished
     summary = (sd / "loadgen.log").read_text()
