@@ -569,6 +569,22 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
 
 
+def _add_drill(p: argparse.ArgumentParser) -> None:
+    from console.drill import add_arguments
+
+    _add_fleet_options(p)
+    add_arguments(p)
+
+
+def _run_drill(args: argparse.Namespace) -> int:
+    from console.drill import DrillError, run
+
+    try:
+        return run(args, lambda: state_dir_for(args))
+    except DrillError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None],
                 Callable[[argparse.Namespace], int]]
 
@@ -604,6 +620,9 @@ COMMANDS: list[Command] = [
     ("silence", "silence an alert for a while", _add_silence, _run_silence),
     ("bench", "open-loop load on the fleet's balancer (or --url): latency, throughput, "
               "the balancer's added latency (--direct)", _add_bench, _run_bench),
+    ("drill", "inject a fault (kill, hang, stall, errors, drain, rollout, leak) under load and "
+              "measure detection, ejection and recovery (--sim: on a throwaway fleet)",
+     _add_drill, _run_drill),
 ]
 """(name, help, add_arguments, run) of every fleet subcommand."""
 
