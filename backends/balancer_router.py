@@ -82,7 +82,7 @@ class RouterSettings:
 
     def launch(self) -> LaunchCommand:
         """The router's argv and environment."""
-        argv = (
+        argv: tuple[str, ...] = (
             self.python, "-m", "sglang_router.launch_router",
             "--host", self.host, "--port", str(self.port),
             "--prometheus-host", self.host, "--prometheus-port", str(self.prometheus_port),

@@ -617,19 +617,21 @@ def run(args: argparse.Namespace, state_dir: Callable[[], StateDir]) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    kw = dict(sim=args.sim, rate=args.rate, worker=args.worker, timeout_s=args.timeout,
-              progress=progress)
+    def go(sd: StateDir) -> dict[str, Any]:
+        return drill(sd, args.scenario, sim=args.sim, rate=args.rate, worker=args.worker,
+                     timeout_s=args.timeout, progress=progress)
+
     if args.sim:
         progress("[drill] starting a throwaway simulated fleet...")
         with sim_fleet(getattr(args, "state_dir", None)) as sd:
-            result = drill(sd, args.scenario, **kw)  # type: ignore[arg-type]
+            result = go(sd)
     else:
         sd = state_dir()
         with SyncControlClient(sd.socket_path, timeout=10.0) as c:
             snap = c.get("/v1/status")
         if snap["engine"] != "sim" and not args.yes and not _confirm_real(snap, args.scenario):
             return 1
-        result = drill(sd, args.scenario, **kw)  # type: ignore[arg-type]
+        result = go(sd)
     print(json.dumps(result, indent=2) if args.json else format_result(result), flush=True)
     return 0 if result["passed"] else 1
 
