@@ -1,7 +1,12 @@
 """Prometheus text / OpenMetrics exposition → samples, with the lookups the supervisor needs.
 
-Parsing is delegated to ``prometheus_client``'s own parsers (classic text format and
-OpenMetrics). This module only indexes what they return:
+The classic text format is read by a fast line parser here (`_fast_text_families`) that
+returns exactly what ``prometheus_client``'s text parser returns (family naming, counter
+``_total`` handling, untyped singletons); anything it does not fully understand (a
+quoted UTF-8 metric name, a label it cannot read, a bad value) falls back to
+``prometheus_client``, as does OpenMetrics. prometheus_client's pure-Python parser took
+~13 ms for one SGLang scrape of ~250 samples, the bulk of the supervisor's CPU at 64
+workers scraped every second. This module then indexes the families:
 
 * SGLang metric names carry a colon (``sglang:num_running_reqs``). prometheus_client 0.26's
   OpenMetrics *exposition* writes such sample names with the colon escaped to ``_``
@@ -15,9 +20,12 @@ OpenMetrics). This module only indexes what they return:
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as _parse_openmetrics,
@@ -184,6 +192,125 @@ class MetricsSnapshot:
         return sum(len(v) for v in self._by_name.values())
 
 
+class _Fallback(Exception):
+    """The fast parser met something it does not handle: use prometheus_client."""
+
+
+@dataclass
+class _FastSample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass
+class _FastFamily:
+    name: str
+    type: str
+    samples: list[_FastSample] = field(default_factory=list)
+
+
+_SAMPLE_RE = re.compile(
+    r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+([^ \t]+)(?:[ \t]+[^ \t]+)?")
+_LABEL_RE = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*,?')
+_ESCAPE_RE = re.compile(r"\\(.)")
+_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+_TYPES = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
+_ALLOWED = {"summary": ("_count", "_sum", ""), "histogram": ("_count", "_sum", "_bucket")}
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return _ESCAPE_RE.sub(lambda m: _ESCAPES.get(m[1], "\\" + m[1]), value)
+
+
+@functools.lru_cache(maxsize=16384)
+def _labels(text: str | None) -> dict[str, str]:
+    """Label text → dict (cached: a worker exposes the same label sets every scrape;
+    callers must not mutate the result)."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    pos, end = 0, len(text)
+    while pos < end:
+        m = _LABEL_RE.match(text, pos)
+        if m is None or m.end() == pos:
+            if text[pos:].strip():
+                raise _Fallback
+            break
+        out[m[1]] = _unescape(m[2])
+        pos = m.end()
+    return out
+
+
+def _fast_text_families(text: str) -> list[Any]:
+    """prometheus_client's ``text_string_to_metric_families`` for plain exposition
+    lines, fast; raises `_Fallback` on anything else."""
+    out: list[_FastFamily] = []
+    fam: _FastFamily | None = None
+    allowed: tuple[str, ...] = ()
+
+    def close() -> None:
+        if fam is None:
+            return
+        if fam.type not in _TYPES:
+            raise _Fallback  # prometheus_client rejects (or maps) it
+        if fam.type == "untyped":
+            fam.type = "unknown"
+        if fam.type == "counter":  # prometheus_client's OpenMetrics-style munging
+            if fam.name.endswith("_total"):
+                fam.name = fam.name[:-6]
+            else:
+                for smp in fam.samples:
+                    smp.name += "_total"
+        out.append(fam)
+
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line[0] == "#":
+            parts = line.split(None, 3)
+            if len(parts) < 2 or parts[1] not in ("HELP", "TYPE"):
+                continue
+            if len(parts) == 2:
+                raise _Fallback  # a bare "# HELP": prometheus_client's own odd handling
+            name = parts[2]
+            if not _SAMPLE_RE.fullmatch(name + " 0"):
+                raise _Fallback  # quoted or unusual names: leave them to prometheus_client
+            if parts[1] == "HELP":
+                if fam is None or name != fam.name:
+                    close()
+                    fam = _FastFamily(name, "untyped")
+                    allowed = (name,)
+                continue
+            if len(parts) < 4:
+                raise _Fallback
+            if fam is None or name != fam.name:
+                close()
+                fam = _FastFamily(name, "untyped")
+            fam.type = parts[3]
+            allowed = tuple(name + sfx for sfx in _ALLOWED.get(fam.type, ("",)))
+            continue
+        m = _SAMPLE_RE.fullmatch(line)
+        if m is None:
+            raise _Fallback
+        try:
+            value = float(m[3])
+        except ValueError:
+            raise _Fallback from None
+        sample = _FastSample(m[1], _labels(m[2]), value)
+        if fam is not None and sample.name in allowed:
+            fam.samples.append(sample)
+            continue
+        close()
+        fam, allowed = None, ()
+        out.append(_FastFamily(sample.name, "unknown", [sample]))
+    close()
+    return out
+
+
 def _is_openmetrics(text: str, content_type: str | None) -> bool:
     if content_type is not None:
         return content_type.split(";")[0].strip().lower() == "application/openmetrics-text"
@@ -195,8 +322,15 @@ def parse_metrics(text: str, *, content_type: str | None = None) -> MetricsSnaps
     body (OpenMetrics ends with ``# EOF``). Raises `MetricsParseError` on malformed input."""
     errors = (ValueError, TypeError, IndexError, KeyError)
     openmetrics = _is_openmetrics(text, content_type)
+    families: list[Any] = []
     try:
-        families = list((_parse_openmetrics if openmetrics else _parse_text)(text))
+        if not openmetrics:
+            try:
+                families = _fast_text_families(text)
+            except _Fallback:
+                families = list(_parse_text(text))
+        else:
+            families = list(_parse_openmetrics(text))
     except errors as e:
         fmt = "OpenMetrics" if openmetrics else "Prometheus text"
         if not openmetrics:
