@@ -200,6 +200,7 @@ async def retune(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any])
     warnings = effect_warnings(new, sup.cfg.sglang_version)
     w.previous_spec = old_spec
     w.spec = new
+    w.rollback_reason = None
     try:
         await sup._apply(w, w.lifecycle.begin_restart(sup.clock(), trial=True))
     except Exception:
@@ -213,7 +214,7 @@ async def retune(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any])
         return "ok", f"retuned {changed}: ready with the new settings{note}"
     if w.spec == old_spec:
         ready = "ready again" if w.state in ROUTED_STATES else f"now {w.state.value}"
-        reason = w.lifecycle.status(sup.clock()).reason
+        reason = w.rollback_reason or w.lifecycle.status(sup.clock()).reason
         return "rolled_back", (f"{changed} did not become ready ({reason}); rolled back to "
                                f"the previous settings, {ready}")
     return "failed", f"retune ended in state {w.state.value}"

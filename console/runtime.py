@@ -71,6 +71,8 @@ class WorkerRuntime:
     """Verbatim argv to relaunch with (adopted servers keep their own command line)."""
     previous_spec: WorkerSpec | None = None
     """Arguments to roll back to while a retune is on trial."""
+    rollback_reason: str | None = None
+    """Why the last retune trial was rolled back (what the retune reports)."""
     warnings: list[str] = field(default_factory=list)
     started_wall: float | None = None
     action: ActionProgress | None = None

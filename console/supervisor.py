@@ -346,7 +346,7 @@ class Supervisor:
                 if w.previous_spec is not None:
                     self._event("retune", w.name, f"rolling back: {action.message}")
                     w.spec, w.previous_spec = w.previous_spec, None
-                    self._retune_outcome = "rolled_back"
+                    w.rollback_reason = action.message
             elif kind is ActionKind.COMMIT:
                 w.previous_spec = None
             elif kind is ActionKind.ALERT:
