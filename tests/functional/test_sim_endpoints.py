@@ -22,6 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ProcessGroups, free_port, wait_http
 
 MODEL = "Qwen/Qwen3-Embedding-4B"
+# The module's worker runs with an API key so that nothing else on a shared machine (a
+# supervisor or router that still remembers this port from an earlier worker) can add
+# embedding requests to the counters these tests compare: foreign requests get 401.
+KEY = "endpoints-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 class Sim:
@@ -56,7 +61,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         s = spawn(groups, tmp, "--enable-metrics", "--json-model-override-args",
                   '{"is_matryoshka": true}', "--bucket-e2e-request-latency", "0.001", "0.005",
                   "0.01", "0.1", "--sim-base-latency-ms", "1", "--sim-per-token-us", "1",
-                  "--context-length", "512")
+                  "--context-length", "512", "--api-key", KEY)
         wait_http(f"{s.url}/ready", timeout=30)
         yield s
     finally:
@@ -65,7 +70,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
 
 @pytest.fixture(scope="module")
 def client(sim: Sim) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, timeout=10) as c:
+    with httpx.Client(base_url=sim.url, timeout=10, headers=AUTH) as c:
         yield c
 
 
@@ -326,7 +331,8 @@ def test_running_and_queue_gauges_under_load(sim: Sim, client: httpx.Client) -> 
     requests_total = _metric(_metrics(client), "sglang:num_requests_total")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futs = [pool.submit(httpx.post, f"{sim.url}/v1/embeddings",
-                            json={"input": f"load {i} " + "word " * 400}, timeout=10)
+                            json={"input": f"load {i} " + "word " * 400}, timeout=10,
+                            headers=AUTH)
                 for i in range(16)]
         assert all(f.result().status_code == 200 for f in futs)
     s = _metrics(client)
@@ -373,7 +379,8 @@ def test_tcp_nodelay_keeps_small_requests_fast(sim: Sim) -> None:
     # its ACK would see ~40 ms per request.
     body = b'{"input": "nagle"}'
     req = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+           b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+           % (KEY.encode(), len(body), body))
     took = []
     with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as sock:
         f = sock.makefile("rb")
@@ -387,3 +394,11 @@ def test_tcp_nodelay_keeps_small_requests_fast(sim: Sim) -> None:
             assert len(f.read(length)) == length
             took.append(time.perf_counter() - t)
     assert statistics.median(took) < 0.03
+
+
+def test_requests_without_the_key_are_refused_and_not_counted(sim: Sim,
+                                                               client: httpx.Client) -> None:
+    before = _metric(_metrics(client), "sglang:num_requests_total")
+    r = httpx.post(f"{sim.url}/v1/embeddings", json={"input": "no key"}, timeout=10)
+    assert (r.status_code, r.json()) == (401, {"error": "Unauthorized"})
+    assert _metric(_metrics(client), "sglang:num_requests_total") == before
