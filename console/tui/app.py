@@ -192,7 +192,9 @@ class EmbedopsApp(App[None]):
 
     def poll_status(self) -> None:
         """Start one status poll (an exclusive worker: a newer one cancels the older)."""
-        self.run_worker(self._poll_once(), group="status", exclusive=True, exit_on_error=False)
+        # the coroutine *function*: a poll cancelled before it starts leaves no coroutine
+        # behind that was never awaited
+        self.run_worker(self._poll_once, group="status", exclusive=True, exit_on_error=False)
 
     async def _poll_once(self) -> None:
         result = await data.fetch_status(self.client, clock=self.clock)
