@@ -671,9 +671,9 @@ class Supervisor:
                 try:
                     self.balancer = create_balancer(self._bsettings, self.state_dir.root)
                     await self.balancer.start()
-                    for w in self.workers.values():
-                        if w.lifecycle.registered:
-                            await self._register(w)
+                    # all at once: each add waits ~1 s for sglang-router to list the worker
+                    await asyncio.gather(*(self._register(w) for w in self.workers.values()
+                                           if w.lifecycle.registered))
                     self._save_state()
                 except Exception as exc:  # noqa: BLE001
                     self._event("balancer", None, f"balancer restart failed: {exc}")
