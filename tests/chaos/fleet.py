@@ -177,6 +177,18 @@ class Fleet:
         # the lock is an flock on an fd of this process: a crash of a real process drops it
         self._thread = None
 
+    def spawn_supervisor(self, timeout_s: float = 60.0) -> procs.ProcessIdentity:
+        """Start a real ``embedops supervise`` process for this fleet (detached, as
+        ``embedops up`` does) and wait until its socket answers. It is recorded for
+        teardown; end it with SIGKILL (a crash) or `shutdown_spawned`."""
+        from console.daemon import spawn_supervisor
+
+        assert not self.running, "the in-process supervisor is running"
+        ident = spawn_supervisor(self.config_path, self.sd, timeout_s=timeout_s)
+        self.spawned.append(ident)
+        self.remember()
+        return ident
+
     def shutdown(self, *, stop_workers: bool = True, timeout_s: float = 90.0) -> None:
         """``POST /v1/shutdown`` and wait for the thread to end."""
         if not self.running:
