@@ -127,6 +127,11 @@ def test_exporter_serves_the_fleet_on_loopback(fleet: Fleet) -> None:
     assert value(m, "embedops_alerts", rule="unstable_embeddings", worker="w3",
                  severity="warning", alertstate="firing", silenced="false") == 1.0
     assert value(m, "embedops_balancer_healthy") == 1.0
+    # workers run with millisecond latency buckets and an edge at the 1.2 s threshold
+    text = httpx.get(f"http://127.0.0.1:{row(snap, 'w1')['port']}/metrics", timeout=5).text
+    edges = {line.split('le="')[1].split('"')[0] for line in text.splitlines()
+             if line.startswith("sglang:e2e_request_latency_seconds_bucket")}
+    assert {"0.005", "1.2", "1.5"} <= edges, sorted(edges)
     assert any(e["kind"] == "exporter" and "http://127.0.0.1:" in e["message"]
                for e in fleet.events())
     fleet.sim_faults("w3", {"clear": True})
