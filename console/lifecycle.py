@@ -482,7 +482,8 @@ class WorkerLifecycle:
         `ok`: HTTP 200, right dimension, finite values, within the timeout. `latency_s`:
         its duration (a passing probe slower than `slow_probe_s` degrades the worker).
         `progressing`: the worker's completions counter moved since the previous probe
-        (a failing worker that still completes requests is slow, not hung).
+        (a failing worker that still completes requests between two failed probes is
+        slow, not hung; on the first failure of a run it is ignored).
         """
         actions: list[Action] = []
         transitions: list[Transition] = []
@@ -497,7 +498,12 @@ class WorkerLifecycle:
         else:
             self._successes = 0
             self._failures += 1
-            self._stalled = 0 if progressing else self._stalled + 1
+            # The first failure of a run does not look at progress: what completed since the
+            # last passing probe ran before the worker hung (counting it delayed the restart
+            # of a hung worker by one probe timeout). From the second on, progress between
+            # failures means slow, not hung.
+            first = self._failures == 1
+            self._stalled = self._stalled + 1 if first or not progressing else 0
         state = self._state
         if state is S.STARTING:
             if ok and self._successes >= self.policy.ready_after_successes:

@@ -156,6 +156,15 @@ def test_not_restarted_while_completions_progress() -> None:
     assert w.probe(False).state is S.RESTARTING
 
 
+def test_completions_before_the_first_failure_do_not_delay_a_hung_restart() -> None:
+    # F2: requests finished just before the hang show as progress at the first failed
+    # probe; the worker is still restarted at the third failure in a row.
+    w = ready()
+    assert w.probe(False, progressing=True).state is S.EJECTED
+    assert w.probe(False).state is S.EJECTED
+    assert w.probe(False).state is S.RESTARTING
+
+
 def test_ejected_worker_readmitted_after_two_passes() -> None:
     w = ready()
     w.probe(False)
