@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from textual import on
+from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingsMap
 from textual.markup import escape
@@ -192,10 +192,11 @@ class EmbedopsApp(App[None]):
 
     def poll_status(self) -> None:
         """Start one status poll (an exclusive worker: a newer one cancels the older)."""
-        # the coroutine *function*: a poll cancelled before it starts leaves no coroutine
-        # behind that was never awaited
-        self.run_worker(self._poll_once, group="status", exclusive=True, exit_on_error=False)
+        self._poll_once()
 
+    # `work` hands Textual the method, not a coroutine: a poll cancelled before it
+    # starts (at exit) leaves no coroutine behind that was never awaited
+    @work(group="status", exclusive=True, exit_on_error=False)
     async def _poll_once(self) -> None:
         result = await data.fetch_status(self.client, clock=self.clock)
         self.post_message(self.StatusFetched(result))

@@ -23,9 +23,12 @@ _SCREEN_KEYS = (
 
 
 def help_markup(*, read_only: bool, demo: bool) -> str:
-    """The help text: one line per key, grouped by what it acts on."""
+    """The help text: one line per key, grouped by what it acts on (demo faults first
+    when they are live)."""
     out: list[str] = []
-    for scope, title in _SECTIONS:
+    # in the demo the fault keys are what a newcomer came for: list them first
+    sections = sorted(_SECTIONS, key=lambda s: s[0] != "demo") if demo else _SECTIONS
+    for scope, title in sections:
         specs = [a for a in ACTIONS if a.scope == scope]
         out.append(f"[b $primary]{title}[/]")
         for a in specs:
