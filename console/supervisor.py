@@ -531,6 +531,9 @@ class Supervisor:
                 await self._apply(w, w.lifecycle.observe_probe(
                     self.clock(), True, latency_s=result.latency_s, progressing=progressed))
                 return
+            # shown as last_probe_* while starting (refused, timeout...), not the previous
+            # generation's last probe
+            w.last_probe = result
             check = await client.health(timeout_s=max(3.0, self.cfg.probe.timeout_floor_s))
             await self._apply(w, w.lifecycle.observe_health(self.clock(), check.status))
             return
