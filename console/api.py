@@ -67,10 +67,19 @@ def snapshot(sup: Supervisor, *, read_only: bool = False) -> dict[str, Any]:
                      "healthy": sup.balancer_healthy, "p50_ms": fleet_p50, "p95_ms": fleet_p95,
                      "latency_source": fleet_source, "rps": fleet_rps},
         "workers": workers, "gpus": gpus, "alerts": alerts,
-        "events": [{"time": round(e.time, 3), "kind": e.kind, "worker": e.worker,
-                    "message": e.message, "outcome": e.fields.get("outcome")}
-                   for e in reversed(sup.events)][:100],
+        "events": recent_events(sup, 100),
     }
+
+
+def recent_events(sup: Supervisor, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` timeline events, newest first."""
+    out = []
+    for e in reversed(sup.events):
+        if len(out) >= limit:
+            break
+        out.append({"time": round(e.time, 3), "kind": e.kind, "worker": e.worker,
+                    "message": e.message, "outcome": e.fields.get("outcome")})
+    return out
 
 
 def _fleet_latency(sup: Supervisor, now: float, workers: list[dict[str, Any]]
@@ -208,7 +217,7 @@ def install_routes(server: ControlServer, sup: Supervisor) -> None:
 
     async def events(req: ControlRequest) -> dict[str, Any]:
         limit = req.query_int("limit", 200, min=1, max=500)
-        return {"events": snapshot(sup)["events"][:limit]}
+        return {"events": recent_events(sup, limit)}
 
     async def act(req: ControlRequest, action: str, worker: str | None,
                   args: dict[str, Any]) -> Any:
@@ -298,4 +307,4 @@ def install_routes(server: ControlServer, sup: Supervisor) -> None:
     server.route("POST", "/v1/shutdown", shutdown)
 
 
-__all__ = ["SCHEMA", "install_routes", "series", "snapshot"]
+__all__ = ["SCHEMA", "install_routes", "recent_events", "series", "snapshot"]
