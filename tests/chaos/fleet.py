@@ -180,7 +180,7 @@ class Fleet:
     def spawn_supervisor(self, timeout_s: float = 60.0) -> procs.ProcessIdentity:
         """Start a real ``embedops supervise`` process for this fleet (detached, as
         ``embedops up`` does) and wait until its socket answers. It is recorded for
-        teardown; end it with SIGKILL (a crash) or `shutdown_spawned`."""
+        teardown (`kill_leftovers` SIGKILLs it if it still runs)."""
         from console.daemon import spawn_supervisor
 
         assert not self.running, "the in-process supervisor is running"

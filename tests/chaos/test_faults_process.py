@@ -210,3 +210,43 @@ def test_operator_kill_and_restart(fleet: Fleet) -> None:
     out = fleet.post("/v1/workers/w3/restart")
     assert out["outcome"] == "ok", out
     assert fleet.worker("w3")["state"] in ROUTED
+
+
+def test_f19_kill9_and_sigstop_at_once(fleet: Fleet) -> None:
+    """F19: two faults at once under load: w1's launcher is SIGKILLed and w2's scheduler
+    SIGSTOPped in the same instant. w3 carries the load (30 req/s is well within one sim
+    worker's capacity): 0 client errors; w3 is never taken out or restarted; both
+    faulty workers come back with new processes."""
+    w1, w2, w3 = (fleet.worker(n) for n in NAMES)
+    with StatusSampler(fleet) as sampler, Load(fleet.router_url, rate=30, deadline_s=15) as load:
+        time.sleep(1.5)
+        t_fault = time.monotonic()
+        os.kill(w1["pid"], signal.SIGKILL)
+        _scheduler_of(w2["pid"]).suspend()
+
+        def both_back(snap: dict) -> bool:
+            return (_routed_with_new_pid("w1", w1["pid"])(snap)
+                    and _routed_with_new_pid("w2", w2["pid"])(snap))
+
+        fleet.wait_for(both_back, timeout_s=60, what="w1 and w2 back")
+        t_back = time.monotonic()
+        time.sleep(1.0)
+        report = load.stop()
+
+    def back_at(name: str, old: int) -> float | None:
+        t = sampler.first(_routed_with_new_pid(name, old), after=t_fault)
+        return None if t is None else round(t - t_fault, 2)
+
+    w2_out = sampler.first(lambda s: not row(s, "w2")["routed"], after=t_fault)
+    routed = [sum(1 for w in s["workers"] if w["managed"] and w["routed"])
+              for t, s in sampler.samples if t_fault <= t <= t_back]
+    w3_after = fleet.worker("w3")
+    _report("F19 kill+stop", w1_recovery_s=back_at("w1", w1["pid"]),
+            w2_ejection_s=None if w2_out is None else round(w2_out - t_fault, 2),
+            w2_recovery_s=back_at("w2", w2["pid"]), min_routed=min(routed, default=None),
+            load=summary(report))
+    assert report.error_total == 0, summary(report)
+    assert report.ok == report.sent and report.sent > 100
+    assert all(row(s, "w3")["routed"] for t, s in sampler.samples if t >= t_fault)
+    assert w3_after["pid"] == w3["pid"] and w3_after["restarts"] == w3["restarts"]
+    assert w2_out is not None and w2_out - t_fault < 9.0  # F2 target 3 s

@@ -1,5 +1,6 @@
 """Fault drills around starting workers (reference/reliability.md §4): F7 port owned by a
-foreign process, F8 model path missing, F9 crash loop, F12 bad config, F16 PID reuse.
+foreign process, F8 model path missing, F9 crash loop, F12 bad config, F16 PID reuse,
+F17 startup hang beyond the budget.
 
 Each drill has its own small fleet (the faults are set up before the supervisor starts).
 Figures are printed (``-s``); timing asserts carry CI slack.
@@ -211,6 +212,56 @@ def test_f9_crash_loop_backoff_and_alert(tmp_path: Path) -> None:
         assert fleet.worker("w1")["restarts"] == 0
 
 
+# ---------------------------------------------------------------------------- F17
+
+
+def test_f17_startup_hang_killed_after_budget_with_backoff(tmp_path: Path) -> None:
+    """F17: w2 hangs at every start (no warmup, every forward batch hangs from the
+    first request: port open, probes time out, /health never 200). It is never
+    liveness-killed while starting (no ejection, no "hung" kill, although its probes
+    fail); it is killed when the startup budget (5 s) runs out and started again after
+    the backoff (0 s, then 1 s); w1 is untouched."""
+    budget = 5.0
+    with running_fleet(tmp_path, [WorkerDef("w1", gpu=0),
+                                  WorkerDef("w2", gpu=1, extra_args=("--skip-server-warmup", "--sim-fault", "hang"))],
+                       start=False, startup_timeout_s=budget) as fleet:
+        with StatusSampler(fleet, every_s=0.2) as sampler:
+            fleet.start(wait_ready=False)
+            fleet.wait_routed(["w1"], timeout_s=60)
+            w1_pid = fleet.worker("w1")["pid"]
+
+            def third_spawn(s: dict) -> bool:
+                return len([e for e in fleet.events("w2") if e["kind"] == "spawn"]) >= 3
+
+            fleet.wait_for(third_spawn, timeout_s=60, every_s=0.3, what="w2 started 3 times")
+        events = list(reversed(fleet.events("w2")))
+        # the budget runs from the start decision (preflight and spawn included)
+        spawns = [e["time"] for e in events if e["kind"] == "transition"
+                  and "→ starting" in e["message"]]
+        budget_kills = [e["time"] for e in events if e["kind"] == "transition"
+                        and "startup budget" in e["message"]]
+        stops = [e["time"] for e in events if e["kind"] == "stop"]
+        hung = [e["message"] for e in events if "hung" in e["message"]]
+        rows = [row(s, "w2") for _, s in sampler.samples
+                if any(w["name"] == "w2" for w in s["workers"])]
+        states = sorted({r["state"] for r in rows})
+        probe_errors = sorted({r["last_probe_error"] for r in rows if r["last_probe_error"]})
+        to_kill = [round(k - s, 2) for s, k in zip(spawns, budget_kills)]
+        gaps = [round(s - x, 2) for x, s in zip(stops, spawns[1:])]
+        w1 = fleet.worker("w1")
+        _report("F17", budget_s=budget, start_to_kill_s=to_kill, exit_to_respawn_s=gaps,
+                states=states, liveness_kills=len(hung), probe_errors=probe_errors,
+                alerts=[e["message"] for e in events if e["kind"] == "alert"][:3])
+        assert len(budget_kills) >= 2, events
+        for took in to_kill[:2]:
+            assert budget - 0.2 <= took <= budget + 2.0, to_kill  # killed at the budget
+        assert gaps[0] < 1.0 and 0.8 <= gaps[1] <= 3.0, gaps  # backoff 0 s, then 1 s
+        assert hung == []
+        assert any("timeout" in e for e in probe_errors), probe_errors  # probes did fail
+        assert not {"ready", "degraded", "ejected", "failed"} & set(states), states
+        assert w1["pid"] == w1_pid and w1["restarts"] == 0 and w1["state"] in ROUTED
+
+
 # ---------------------------------------------------------------------------- F12
 
 
@@ -230,8 +281,8 @@ def test_f12_bad_config_rejected_running_fleet_untouched(tmp_path: Path) -> None
         good = fleet.config_path.read_text()
         bad = good.replace(f"port = {fleet.defs[1].port}", f"port = {fleet.defs[0].port}")
         bad = bad.replace("mem_fraction_static = 0.3", "mem_fraction_static = 0.7", 1)
+        bad = bad.replace('name = "w2"\ngpu = 1', 'name = "w2"\ngpu = 0')  # 2 × 0.7 on GPU 0
         bad = bad.replace('[[workers]]\nname = "w2"', '[[workers]]\nname = "w2"\nbogus = 1')
-        bad = bad.replace('name = "w2"\ngpu = 1', 'name = "w2"\ngpu = 0')
         bad_path = fleet.root / "bad.toml"
         bad_path.write_text(bad + BAD_EXTRA)
         with pytest.raises(ConfigError) as err:
@@ -240,6 +291,7 @@ def test_f12_bad_config_rejected_running_fleet_untouched(tmp_path: Path) -> None
         assert any("port" in p for p in paths), paths
         assert any("bogus" in p for p in paths), paths
         assert "probe.interval_s" in paths, paths
+        assert any("sum to 1.4" in p.reason for p in err.value.problems), err.value.problems
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         results = {}
         for cmd in (["check"], ["up", "--state-dir", str(fleet.sd.root)],
