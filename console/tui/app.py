@@ -46,6 +46,8 @@ from console.tui.screens.timeline import TimelineScreen
 from themes import DEFAULT_THEME, STYLESHEET, THEMES, next_theme, resolve_theme
 
 SILENCE_FOR_S = 1800
+FOOTER_FIRST = ("help", "quit")
+"""Actions shown first in the footer (always visible, however narrow the terminal)."""
 
 
 class ConsoleClient(data.Client, data.Streaming, Protocol):
@@ -130,9 +132,12 @@ class EmbedopsApp(App[None]):
         if mode == self._bound_for:
             return
         self._bound_for = mode
+        # help and quit lead the footer: on an 80-column terminal the tail is cut, and
+        # `?` lists everything that was cut
+        offered = sorted(self.offered_actions(), key=lambda a: a.id not in FOOTER_FIRST)
         mine = [Binding(a.key, f"act('{a.id}')", a.label, show=a.footer,
                         key_display=a.display, tooltip=a.help, id=f"embedops.{a.id}")
-                for a in self.offered_actions() if a.id not in BOUND_BY_WIDGET]
+                for a in offered if a.id not in BOUND_BY_WIDGET]
         self._bindings = BindingsMap.merge([self._base_bindings, BindingsMap(mine)])
         if self.is_running:
             self.refresh_bindings()

@@ -60,3 +60,10 @@ async def wait_until(pilot: Pilot[Any], condition: Callable[[], bool], *,
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def screen_text(app: EmbedopsApp) -> str:
+    """What the terminal shows now (the top screen, dialogs over what they cover), as
+    plain text with trailing spaces removed."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join(strip.text.rstrip() for strip in strips)

@@ -155,6 +155,7 @@ class StaticSupervisor:
         self.posts: list[tuple[str, Any]] = []
         self.status_requests = 0
         self.log_requests: list[dict[str, str]] = []
+        self.series_requests: list[dict[str, str]] = []
         self.validate_delay_s = 0.0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,6 +262,8 @@ class StaticSupervisor:
 
     async def _series(self, req: ControlRequest) -> Any:
         self._known(req.params["name"])
+        with self._lock:
+            self.series_requests.append(dict(req.query))
         return series_for(req.params["name"])
 
     async def _logs(self, req: ControlRequest) -> Any:

@@ -221,6 +221,27 @@ async def test_detail_screen_shows_plots_argv_drift_events(make_app: AppFactory,
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="back")
 
 
+async def test_detail_w_widens_the_plot_window(make_app: AppFactory,
+                                               supervisor: StaticSupervisor) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await select(pilot, app, "w1")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailScreen), what="detail")
+        p95 = app.screen.query_one("#plot-p95", Plot)
+        await wait_until(pilot, lambda: p95.data is not None, what="plot data")
+        assert p95.data is not None and p95.data.window_min == 15
+        assert supervisor.series_requests[-1]["window_s"] == "900"
+        assert "-10m" in str(p95.render())
+        for window_s, minutes, tick in ((3600, 60, "-40m"), (10800, 180, "-2h"),
+                                        (900, 15, "-10m")):
+            await pilot.press("w")
+            await wait_until(pilot, lambda m=minutes: p95.data is not None  # type: ignore[misc]
+                             and p95.data.window_min == m, what=f"{minutes} min window")
+            assert supervisor.series_requests[-1]["window_s"] == str(window_s)
+            assert tick in str(p95.render())
+
+
 async def test_log_tail_follows_pauses_and_searches(make_app: AppFactory,
                                                     supervisor: StaticSupervisor) -> None:
     app = make_app()

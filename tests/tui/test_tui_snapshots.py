@@ -7,6 +7,7 @@ Update after an intended change: ``.venv/bin/python -m pytest tests/tui/test_tui
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from console.tui.screens.main import MainScreen
 from console.tui.widgets.fleet_table import FleetTable
 from console.tui.widgets.log_tail import LogTail
 from console.tui.widgets.plot import Plot
-from tests.tui.conftest import AppFactory, wait_until
+from tests.tui.conftest import AppFactory, screen_text, wait_until
 
 SIZES = [pytest.param((120, 40), id="120x40"), pytest.param((80, 24), id="80x24")]
 THEMES = ["embedops-dark", "embedops-ansi"]
@@ -79,3 +80,34 @@ def test_restart_dialog(snap_compare: Any, make_app: AppFactory, theme: str,
                         size: tuple[int, int]) -> None:
     app = make_app(theme=theme, refresh_s=SLOW)
     assert snap_compare(app, terminal_size=size, run_before=_dialog_ready)
+
+
+ESSENTIAL_80x24 = {
+    "main": [
+        # every worker, its state (what a running action is doing), P95 and GPU memory
+        r"w1 +● ready .* 14\.0 .* 34000", r"w2 +▼ draining: 3 in", r"w3 +! degraded .* 1412 .* 75800",
+        r"w4 +◌ backoff 8s", r"ext1 +◇ unmanaged",
+        r"GPU0 .* 70000/81559 MiB", r"GPU1 .* 78100/81559 MiB",  # the GPU panel
+        r"▲ FIRING +gpu_mem_and_p95 w3", r"△ pending crash_loop w4",  # the alerts
+        r"embedops demo · .* P95 15\.2 ms",  # the header: fleet, balancer, fleet P95
+        r"^\? Help q Quit d Drain r Restart",  # help and quit always in the footer
+    ],
+    "detail": [
+        r"w3 ! degraded · GPU1", r"P95 latency \(ms\)", r"throughput \(req/s\)",
+        r"full in ~2\.7h",  # the leak horizon survives the narrow plot
+        r"⚠ --disable-cuda-graph has no", r"! mem_fraction_static: config 0\.42",
+        r"log w3 · live", r"CUDA out of memory|batch=\d",
+    ],
+    "dialog": [r"Restart w3\?", r"Restart \(y\)", r"Cancel \(esc\)", r"In-flight requests \(1\)"],
+}
+
+
+@pytest.mark.parametrize("screen", list(ESSENTIAL_80x24))
+async def test_nothing_essential_cut_at_80x24(make_app: AppFactory, screen: str) -> None:
+    app = make_app(theme="embedops-ansi", refresh_s=SLOW)
+    ready = {"main": _main_ready, "detail": _detail_ready, "dialog": _dialog_ready}[screen]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        text = screen_text(app)
+    missing = [p for p in ESSENTIAL_80x24[screen] if not re.search(p, text, re.MULTILINE)]
+    assert not missing, f"{missing} not on the 80x24 {screen} screen:\n{text}"

@@ -1,4 +1,5 @@
-"""Worker detail: plots of the last 15 minutes, launch arguments with drift, events, log.
+"""Worker detail: plots of the last 15 minutes (``w``: 1 h, 3 h), launch arguments with
+drift, events, log.
 
 The series is polled by its own self-rescheduling worker (every 2 s by default); the
 rest comes from the app's snapshot. Worker actions (d, r, k, m, g, ...) act on this
@@ -25,12 +26,14 @@ from console.tui import data, fmt
 from console.tui.data import Event, Fetched, Series, Snapshot, Worker
 from console.tui.widgets.log_tail import LogTail
 from console.tui.widgets.panels import Banner
-from console.tui.widgets.plot import Plot, PlotData, points, trend_line
+from console.tui.widgets.plot import Plot, PlotData, points, tick_label, trend_line
 
 if TYPE_CHECKING:
     from console.tui.app import EmbedopsApp
 
 WINDOW_S = 900
+WINDOWS_S = (900, 3600, 3 * 3600)
+"""Plot windows ``w`` cycles through (the supervisor keeps 3 h of series)."""
 
 
 def flag_for(field_name: str) -> str:
@@ -113,9 +116,11 @@ def title_markup(w: Worker | None, name: str) -> str:
             f" · CUDA graph {fmt.yes_no(w.cuda_graph, 'on', 'off')} · restarts {fmt.count(w.restarts)}")
 
 
-def plots_from(series: Series) -> tuple[PlotData, PlotData, PlotData]:
-    """P95, throughput and GPU memory plots (with the leak trend when memory grows)."""
-    window = WINDOW_S / 60
+def plots_from(series: Series, window_s: float = WINDOW_S
+               ) -> tuple[PlotData, PlotData, PlotData]:
+    """P95, throughput and GPU memory plots over `window_s` (with the leak trend when
+    memory grows)."""
+    window = window_s / 60
     xs, ys = points(series.t, series.p95_ms)
     p95 = PlotData("P95 latency (ms)", xs, ys, colour="primary", window_min=window)
     xs, ys = points(series.t, series.rps)
@@ -123,13 +128,17 @@ def plots_from(series: Series) -> tuple[PlotData, PlotData, PlotData]:
     xs, ys = points(series.t, series.gpu_mem_mib)
     leak = series.leak
     title = "GPU memory (MiB)"
+    short = None
     trend = None
     if leak.slope_mib_per_h is not None and leak.slope_mib_per_h > 0:
         trend = trend_line(xs, ys, leak.slope_mib_per_h)
         title += f" · leak +{leak.slope_mib_per_h:.0f} MiB/h"
+        short = f"GPU MiB +{leak.slope_mib_per_h:.0f}/h"
         if leak.time_to_full_s is not None:
             title += f" · full in {fmt.hours(leak.time_to_full_s)}"
-    mem = PlotData(title, xs, ys, colour="accent", trend=trend, window_min=window)
+            short += f" · full in {fmt.hours(leak.time_to_full_s)}"
+    mem = PlotData(title, xs, ys, colour="accent", trend=trend, window_min=window,
+                   short_title=short)
     return p95, rps, mem
 
 
@@ -142,14 +151,16 @@ class DetailScreen(Screen[None]):
         Binding("f", "follow", "Follow"),
         Binding("p", "pause", "Pause log"),
         Binding("slash", "search", "Search log", key_display="/"),
+        Binding("w", "window", "Window"),
     ]
 
     class SeriesFetched(Message):
         """A series poll finished."""
 
-        def __init__(self, result: Fetched) -> None:
+        def __init__(self, result: Fetched, window_s: int) -> None:
             super().__init__()
             self.result = result
+            self.window_s = window_s
 
     def __init__(self, worker: str, *, series_every_s: float = 2.0) -> None:
         super().__init__(id="detail")
@@ -157,6 +168,7 @@ class DetailScreen(Screen[None]):
         self.series_every_s = series_every_s
         self.series: Series | None = None
         self.series_error: str | None = None
+        self.window_s: int = WINDOWS_S[0]
 
     @property
     def eapp(self) -> EmbedopsApp:
@@ -164,7 +176,7 @@ class DetailScreen(Screen[None]):
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        """Title, banner, plots | arguments + events, log tail, footer."""
+        """Title, banner, plots | warnings, drift, events, arguments; log tail, footer."""
         yield Static("", id="detail-title")
         yield Banner(id="banner")
         with Grid(id="detail-top"):
@@ -174,12 +186,12 @@ class DetailScreen(Screen[None]):
             with VerticalScroll(id="detail-side"):
                 yield Static("", id="detail-warnings")
                 yield Static("", id="detail-drift")
+                events = Static("", id="detail-events")
+                events.border_title = "last events"
+                yield events
                 argv = Static("", id="detail-argv")
                 argv.border_title = "launch arguments"
                 yield argv
-                events = Static("", id="detail-events")
-                events.border_title = "events"
-                yield events
         yield LogTail(self.worker_name, id="detail-log")
         yield Footer(compact=True)
 
@@ -196,12 +208,15 @@ class DetailScreen(Screen[None]):
 
     @work(exclusive=True, exit_on_error=False, group="series")
     async def _poll_series(self) -> None:
-        result = await data.fetch_series(self.eapp.client, self.worker_name, WINDOW_S,
+        window = self.window_s
+        result = await data.fetch_series(self.eapp.client, self.worker_name, window,
                                          clock=self.eapp.clock)
-        self.post_message(self.SeriesFetched(result))
+        self.post_message(self.SeriesFetched(result, window))
 
     @on(SeriesFetched)
     def _series_fetched(self, message: SeriesFetched) -> None:
+        if message.window_s != self.window_s:
+            return  # asked for before `w` changed the window; a new poll is on its way
         try:
             if message.result.ok:
                 self.series = message.result.value
@@ -215,7 +230,7 @@ class DetailScreen(Screen[None]):
     def _show_plots(self) -> None:
         if self.series is None:
             return
-        p95, rps, mem = plots_from(self.series)
+        p95, rps, mem = plots_from(self.series, self.window_s)
         self.query_one("#plot-p95", Plot).data = p95
         self.query_one("#plot-rps", Plot).data = rps
         self.query_one("#plot-mem", Plot).data = mem
@@ -272,3 +287,10 @@ class DetailScreen(Screen[None]):
     def action_search(self) -> None:
         """Search the log."""
         self.query_one(LogTail).open_search()
+
+    def action_window(self) -> None:
+        """Next plot window (15 min → 1 h → 3 h → 15 min); fetched at once."""
+        i = WINDOWS_S.index(self.window_s) if self.window_s in WINDOWS_S else -1
+        self.window_s = WINDOWS_S[(i + 1) % len(WINDOWS_S)]
+        self.notify(f"plots: last {tick_label(-self.window_s / 60)[1:]}", timeout=2)
+        self._poll_series()

@@ -18,6 +18,7 @@ _SECTIONS = (("worker", "The selected worker"), ("fleet", "The fleet"),
 _SCREEN_KEYS = (
     ("ctrl+p", "Command palette: every action below, per worker"),
     ("f / p / /", "In a log: follow, pause, search"),
+    ("w", "In a worker's detail: plot window 15 min, 1 h, 3 h"),
     ("esc", "Back / close / clear the filter"),
 )
 

@@ -31,6 +31,16 @@ class PlotData:
     trend: tuple[tuple[float, float], tuple[float, float]] | None = None
     """Two points of a trend line (the leak slope), drawn in the warning colour."""
     window_min: float = 15.0
+    short_title: str | None = None
+    """Shown instead of `title` when the plot is too narrow for it (plotext would drop it)."""
+
+    def title_for(self, width: int) -> str:
+        """The title that fits in `width` cells: the full one, the short one, or cut."""
+        for title in (self.title, self.short_title):
+            if title is not None and len(title) <= width - 2:
+                return title
+        short = self.short_title or self.title
+        return short[: max(1, width - 3)] + "…"
 
 
 def points(t: Sequence[float], ys: Sequence[float | None]) -> tuple[tuple[float, ...],
@@ -41,6 +51,13 @@ def points(t: Sequence[float], ys: Sequence[float | None]) -> tuple[tuple[float,
     end = t[-1]
     pairs = [((ti - end) / 60.0, y) for ti, y in zip(t, ys) if y is not None]
     return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+def tick_label(minutes: float) -> str:
+    """An x tick (minutes before now, negative): ``-15m``, ``-40m``, ``-2h``."""
+    if minutes <= -60 and minutes % 60 == 0:
+        return f"-{-minutes / 60:g}h"
+    return f"-{-minutes:g}m"
 
 
 def y_range(ys: Sequence[float], extra: Sequence[float] = ()) -> tuple[float, float]:
@@ -88,11 +105,10 @@ class Plot(Widget):
         plt.clf()
         plt.plotsize(w, h)
         plt.theme("clear")
-        plt.title(d.title)
+        plt.title(d.title_for(w))
         plt.xlim(-d.window_min, 0)
-        plt.xticks([-d.window_min, -d.window_min * 2 / 3, -d.window_min / 3, 0],
-                   [f"-{d.window_min:g}m", f"-{d.window_min * 2 / 3:g}m",
-                    f"-{d.window_min / 3:g}m", "now"])
+        ticks = [-d.window_min, -d.window_min * 2 / 3, -d.window_min / 3]
+        plt.xticks([*ticks, 0], [*(tick_label(t) for t in ticks), "now"])
         if not d.ys:
             return Text(f"{d.title}\n(no data yet)", style="dim")
         extra = (d.trend[0][1], d.trend[1][1]) if d.trend is not None else ()
