@@ -41,8 +41,10 @@ sys.path.insert(0, str(REPO))
 
 from backends import procs
 from backends.sim.loadgen import summarize_ms
+from console.config import ConfigError
 from console.control import ControlError, SupervisorNotRunning, SyncControlClient
-from tests.chaos.fleet import Fleet
+from tests.chaos.fleet import Fleet, WorkerDef
+from tests.conftest import free_port
 
 RECORDER = REPO / "tests" / "perf" / "supervisor_recorder.py"
 TARGET_CPU = {8: 1.0, 64: 5.0}
@@ -70,6 +72,24 @@ def fleet_file(fleet: Fleet) -> None:
                      ("request_timeout_s = 2\n", "")):
         text = text.replace(old, new)
     fleet.config_path.write_text(text)
+
+
+def make_fleet(root: Path, n: int, gpus: int) -> Fleet:
+    """A Fleet of `n` sim workers whose ports do not collide with each other's derived
+    NCCL ports (port + 1000), which the fleet file check refuses."""
+    for _ in range(20):
+        ports: list[int] = []
+        while len(ports) < n:
+            p = free_port()
+            if all(abs(p - q) not in (0, 1000) for q in ports):
+                ports.append(p)
+        defs = [WorkerDef(f"w{i + 1}", gpu=i % gpus, port=port) for i, port in enumerate(ports)]
+        try:
+            return Fleet(root, defs, gpus=gpus, mem_fraction=0.2, load_s=0.2, warmup_s=0.1,
+                         name=f"bench{n}")
+        except ConfigError:
+            continue
+    raise RuntimeError("could not find free ports for the fleet")
 
 
 def cpu_s(p: psutil.Process) -> float:
@@ -127,8 +147,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One fleet of N workers: start, settle, `repeats` windows, stop."""
     gpus = max(2, (n + 3) // 4)
     root = Path(tempfile.mkdtemp(prefix=f"bench-sup-{n}-"))
-    fleet = Fleet(root, n, gpus=gpus, mem_fraction=0.2, load_s=0.2, warmup_s=0.1,
-                  name=f"bench{n}")
+    fleet = make_fleet(root, n, gpus)
     fleet_file(fleet)
     out = root / "records.json"
     log = root / "supervisor.log"
