@@ -25,7 +25,7 @@ from console.audit import mask_secrets
 from console.tui import data, fmt
 from console.tui.data import Event, Fetched, Series, Snapshot, Worker
 from console.tui.widgets.log_tail import LogTail
-from console.tui.widgets.panels import Banner
+from console.tui.widgets.panels import Banner, LiveStatic
 from console.tui.widgets.plot import Plot, PlotData, points, tick_label, trend_line
 
 if TYPE_CHECKING:
@@ -177,19 +177,19 @@ class DetailScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         """Title, banner, plots | warnings, drift, events, arguments; log tail, footer."""
-        yield Static("", id="detail-title")
+        yield LiveStatic("", id="detail-title")
         yield Banner(id="banner")
         with Grid(id="detail-top"):
             yield Plot(id="plot-p95")
             yield Plot(id="plot-rps")
             yield Plot(id="plot-mem")
             with VerticalScroll(id="detail-side"):
-                yield Static("", id="detail-warnings")
-                yield Static("", id="detail-drift")
-                events = Static("", id="detail-events")
+                yield LiveStatic("", id="detail-warnings")
+                yield LiveStatic("", id="detail-drift")
+                events = LiveStatic("", id="detail-events")
                 events.border_title = "last events"
                 yield events
-                argv = Static("", id="detail-argv")
+                argv = LiveStatic("", id="detail-argv")
                 argv.border_title = "launch arguments"
                 yield argv
         yield LogTail(self.worker_name, id="detail-log")

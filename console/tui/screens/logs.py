@@ -11,7 +11,7 @@ from textual.widgets import Footer, Static
 
 from console.tui.screens.detail import title_markup
 from console.tui.widgets.log_tail import LogTail
-from console.tui.widgets.panels import Banner
+from console.tui.widgets.panels import Banner, LiveStatic
 
 if TYPE_CHECKING:
     from console.tui.app import EmbedopsApp
@@ -39,7 +39,7 @@ class LogsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         """Title, banner, the log, footer."""
-        yield Static("", id="detail-title")
+        yield LiveStatic("", id="detail-title")
         yield Banner(id="banner")
         yield LogTail(self.worker_name, id="logs-tail")
         yield Footer(compact=True)

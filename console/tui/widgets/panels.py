@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from textual.markup import escape
+from textual.visual import VisualType
 from textual.widgets import Static
 
 from console.tui import fmt
@@ -34,7 +35,25 @@ def mem_colour(used: float | None, total: float | None) -> str:
     return "error" if share > 0.92 else "warning" if share > 0.80 else "success"
 
 
-class FleetHeader(Static):
+class LiveStatic(Static):
+    """A `Static` refreshed every poll: an update with the markup it already shows (in
+    the same theme) is skipped, so an unchanged panel costs no re-render."""
+
+    _shown: tuple[str, str] | None = None
+
+    def update(self, content: VisualType = "", *, layout: bool = True) -> None:
+        """Show `content` unless it is the markup already shown."""
+        if isinstance(content, str):
+            key = (content, self.app.theme)
+            if key == self._shown:
+                return
+            self._shown = key
+        else:
+            self._shown = None
+        super().update(content, layout=layout)
+
+
+class FleetHeader(LiveStatic):
     """Fleet name, engine, balancer state, fleet P95 and throughput, mode flags."""
 
     DEFAULT_CSS = "FleetHeader { height: 1; }"
@@ -67,7 +86,7 @@ class FleetHeader(Static):
         self.update(" · ".join(parts))
 
 
-class Banner(Static):
+class Banner(LiveStatic):
     """A one-line warning shown when the supervisor does not answer."""
 
     DEFAULT_CSS = "Banner { height: auto; display: none; }"
@@ -81,7 +100,7 @@ class Banner(Static):
         self.display = True
 
 
-class GpuPanel(Static):
+class GpuPanel(LiveStatic):
     """Per GPU: used/total bar, utilisation, temperature, each worker's share."""
 
     DEFAULT_CSS = "GpuPanel { height: auto; }"
@@ -115,7 +134,7 @@ class GpuPanel(Static):
         return line
 
 
-class AlertsStrip(Static):
+class AlertsStrip(LiveStatic):
     """Pending and firing alerts with their age; silenced ones marked."""
 
     DEFAULT_CSS = "AlertsStrip { height: auto; max-height: 5; }"
