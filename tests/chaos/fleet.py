@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -390,7 +390,7 @@ class Load:
         assert self.report is not None, "load generator did not finish"
         return self.report
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -423,7 +423,7 @@ class StatusSampler:
                     self.samples.append((time.monotonic(), c.get("/v1/status")))
                 self._stop.wait(self.every_s)
 
-    def __enter__(self) -> StatusSampler:
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self._thread.start()
         return self

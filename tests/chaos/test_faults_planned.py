@@ -10,13 +10,14 @@ drill starts from "all routed". Figures are printed as one JSON line per drill (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import pytest
@@ -72,20 +73,17 @@ class CounterPoller:
         url = self.fleet.url_of(self.name)
         while not self._stop.is_set():
             routed = served = None
-            try:
+            # a missed read is a gap in the series, not an error
+            with contextlib.suppress(Exception):
                 m = self.fleet.router_metrics()
                 found = m.samples("smg_worker_cb_outcomes_total", worker=url)
                 routed = sum(s.value for s in found) if found else None
-            except Exception:  # noqa: BLE001 - a missed sample is a gap, not an error
-                pass
-            try:
+            with contextlib.suppress(Exception):
                 served = self.fleet.worker_metrics(self.name).value("sglang:num_requests_total")
-            except Exception:  # noqa: BLE001
-                pass
             self.samples.append((time.time(), routed, served))
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> CounterPoller:
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._run, name="counters", daemon=True)
         self._thread.start()
         return self

@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
@@ -45,7 +44,7 @@ def _report(name: str, **figures: object) -> None:
     print(f"\n[{name}] " + json.dumps(figures, default=str))
 
 
-def _routed_with_new_pid(name: str, old_pid: int):  # noqa: ANN202 - predicate
+def _routed_with_new_pid(name: str, old_pid: int):
     def cond(snap: dict) -> bool:
         r = row(snap, name)
         return r["state"] in ROUTED and r["routed"] and r["pid"] not in (None, old_pid)
@@ -99,7 +98,7 @@ def _scheduler_of(launcher_pid: int) -> psutil.Process:
     raise AssertionError(f"no sglang::scheduler child under {launcher_pid}")
 
 
-def _hang_drill(fleet: Fleet, name: str, inject, what: str) -> dict:  # noqa: ANN001
+def _hang_drill(fleet: Fleet, name: str, inject, what: str) -> dict:
     """Inject a hang into `name` under load; measure ejection, restart decision and
     recovery; return the figures (asserted by the caller)."""
     victim = fleet.worker(name)
@@ -195,9 +194,8 @@ def test_operator_kill_and_restart(fleet: Fleet) -> None:
 
     old_pid = fleet.worker("w3")["pid"]
     group = [p for p in fleet.group_members(old_pid)]
-    with fleet.client() as c:
-        with pytest.raises(ControlError) as err:
-            c.post("/v1/workers/w3/kill", json={}, params={"wait": 1})
+    with fleet.client() as c, pytest.raises(ControlError) as err:
+        c.post("/v1/workers/w3/kill", json={}, params={"wait": 1})
     assert err.value.status == 400
     out = fleet.post("/v1/workers/w3/kill", {"confirm": True})
     assert out["outcome"] == "ok", out
