@@ -103,7 +103,8 @@ def main() -> int:
 
     def dump(*_: object) -> None:
         if profiler is not None:
-            profiler.dump_stats(args.profile)
+            profiler.dump_stats(args.profile)  # stops the profiler (create_stats)
+            profiler.enable()
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "cycles": list(CYCLES),
                                    "probes": list(PROBES),
