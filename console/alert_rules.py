@@ -22,13 +22,31 @@ REPLACED_BUILTINS = frozenset({"gpu_mem_high_and_slow", "memory_leak"})
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
+def _num(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 _FACT: dict[str, Callable[[WorkerFacts], float | None]] = {
     "gpu_memory_pct": lambda f: f.gpu_mem_pct,
+    "gpu_util_pct": lambda f: f.gpu_util_pct,
+    "gpu_temperature_c": lambda f: f.gpu_temperature_c,
+    "p50_latency_s": lambda f: f.p50_s,
     "p95_latency_s": lambda f: f.p95_s,
-    "memory_time_to_full_h": lambda f: None if f.leak_ttf_s is None else f.leak_ttf_s / 3600.0,
-    "restarts": lambda f: None if f.failures_in_window is None else float(f.failures_in_window),
+    "p99_latency_s": lambda f: f.p99_s,
+    "error_rate": lambda f: f.error_rate,
+    "queue_depth": lambda f: _num(f.queue_depth),
+    "running_requests": lambda f: _num(f.running_requests),
+    "memory_time_to_full_h": lambda f: None if f.memory_ttf_s is None else f.memory_ttf_s / 3600.0,
+    "restarts": lambda f: _num(f.failures_in_window),
+    "probe_failures": lambda f: _num(f.probe_failures),
 }
-"""Metric name → how to read it from the facts (metrics without facts give no data)."""
+"""Metric name → how to read it from the facts (None: no data, never "false").
+Covers every name of `console.config.ALERT_METRICS`."""
+
+_REMEDIATION: dict[str, Remediation | None] = {
+    "none": None, "restart": Remediation.DRAIN_RESTART, "drain": Remediation.DRAIN}
+"""Config ``remediation`` → what the supervisor does: ``drain`` only drains (the worker
+stays alive, out of the balancer, for a human); ``restart`` drains and restarts."""
 
 
 def _condition(when: tuple[AlertCondition, ...]) -> Callable[[WorkerFacts], bool | None]:
@@ -45,10 +63,14 @@ def _condition(when: tuple[AlertCondition, ...]) -> Callable[[WorkerFacts], bool
 
 
 def _summary(name: str, text: str, when: tuple[AlertCondition, ...]) -> Callable[[WorkerFacts], str]:
+    def one(c: AlertCondition, f: WorkerFacts) -> str:
+        out = f"{c.metric} {(_FACT[c.metric](f) or 0):.3g} {c.op} {c.value:g}"
+        if c.metric == "memory_time_to_full_h" and f.leaking_memory:
+            out += f" ({f.leaking_memory})"
+        return out
+
     def summary(f: WorkerFacts) -> str:
-        values = ", ".join(
-            f"{c.metric} {(_FACT[c.metric](f) or 0):.3g} {c.op} {c.value:g}"
-            for c in when if c.metric in _FACT)
+        values = ", ".join(one(c, f) for c in when if c.metric in _FACT)
         return f"{f.worker}: {values}" + (f": {text}" if text else "")
     return summary
 
@@ -67,7 +89,7 @@ def rules_from_config(cfg: FleetConfig) -> list[AlertRule]:
             name=r.name, condition=_condition(r.when), summary=_summary(r.name, r.summary, r.when),
             for_s=r.for_s, keep_firing_for_s=min(60.0, r.for_s),
             severity=Severity(r.severity),
-            remediation=Remediation.DRAIN_RESTART if r.remediation != "none" else None,
+            remediation=_REMEDIATION[r.remediation],
             auto_remediate=r.name in restart_on))
     return rules
 

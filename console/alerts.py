@@ -1,9 +1,10 @@
 """Alert rules with Prometheus semantics: inactive → pending → firing → resolved. Pure.
 
 The supervisor assembles one `WorkerFacts` per worker each tick (latest values: GPU
-memory %, P95, lifecycle state, failures in the crash-loop window, leak time-to-full,
-probe-vector cosine, stale metrics, missing sources) and calls `AlertEngine.evaluate`;
-it gets back the `AlertTransition`s of that tick.
+memory %, utilisation and temperature, P50/P95/P99, error share, queue, probe failures
+in a row, lifecycle state, failures in the crash-loop window, GPU and host-RSS leak
+time-to-full, probe-vector cosine, stale metrics, missing sources) and calls
+`AlertEngine.evaluate`; it gets back the `AlertTransition`s of that tick.
 
 Semantics (reliability.md §3.3, prometheus ``rules/alerting.go``):
 
@@ -51,6 +52,12 @@ class Remediation(str, Enum):
     """An action the supervisor may take automatically when an alert fires."""
 
     DRAIN_RESTART = "drain_restart"  #: planned restart: drain → stop → start → undrain
+    DRAIN = "drain"  #: out of the balancer, process left alive for a human to look at
+
+    @property
+    def action(self) -> str:
+        """The operator action (`console.actions.ACTIONS` name) that carries it out."""
+        return "drain" if self is Remediation.DRAIN else "restart"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,10 @@ class WorkerFacts:
     leak_ttf_s: float | None = None
     """Projected seconds until the card is full at the current leak slope; None: no leak."""
     leak_slope_mib_per_h: float | None = None
+    host_leak_ttf_s: float | None = None
+    """Projected seconds until the host's available memory is used up by the growth of
+    the worker's process-group RSS; None: no leak (or no data)."""
+    host_leak_slope_mib_per_h: float | None = None
     cosine: float | None = None
     """Probe vector vs the one recorded when the worker first became ready."""
     radix_cache_disabled: bool | None = None
@@ -84,6 +95,34 @@ class WorkerFacts:
     """`StaleDetector.stale()`: counters frozen while requests are queued."""
     missing: tuple[str, ...] = ()
     """Data sources that gave nothing fresh this tick (``"metrics"``, ``"gpu"``, ``"probe"``)."""
+    gpu_util_pct: float | None = None
+    """Utilisation of the worker's GPU, 0–100 (fresh GPU sample only)."""
+    gpu_temperature_c: float | None = None
+    p50_s: float | None = None
+    p99_s: float | None = None
+    error_rate: float | None = None
+    """Share of the worker's request responses that were 5xx over the error window
+    (0..1); None without responses in the window or fresh metrics."""
+    queue_depth: int | None = None
+    """``sglang:num_queue_reqs`` from a fresh scrape."""
+    running_requests: int | None = None
+    """``sglang:num_running_reqs`` from a fresh scrape."""
+    probe_failures: int | None = None
+    """Failed probes in a row in this generation; None before its first probe."""
+
+    @property
+    def memory_ttf_s(self) -> float | None:
+        """The sooner of the GPU and host-RSS times to full (None: neither leaks)."""
+        ttfs = [t for t in (self.leak_ttf_s, self.host_leak_ttf_s) if t is not None]
+        return min(ttfs) if ttfs else None
+
+    @property
+    def leaking_memory(self) -> str | None:
+        """Which memory gives `memory_ttf_s`: ``"GPU memory"`` or ``"host RSS"`` (the
+        GPU on a tie); None when neither leaks."""
+        found = [(t, n) for n, t in (("GPU memory", self.leak_ttf_s),
+                                     ("host RSS", self.host_leak_ttf_s)) if t is not None]
+        return min(found, key=lambda x: x[0])[1] if found else None
 
 
 Condition = Callable[[WorkerFacts], "bool | None"]
@@ -163,9 +202,16 @@ def default_rules(settings: AlertSettings | None = None) -> list[AlertRule]:
                 "--disable-radix-cache (configuration, not a restart loop)")
 
     def leak_summary(f: WorkerFacts) -> str:
-        slope = "" if f.leak_slope_mib_per_h is None else f" (+{f.leak_slope_mib_per_h:.0f} MiB/h)"
-        ttf = "?" if f.leak_ttf_s is None else _fmt_duration(f.leak_ttf_s)
-        return f"{f.worker}: memory growing{slope}: {_gpu(f)} full in ~{ttf}"
+        parts = []
+        for what, full, ttf, slope in (
+                ("GPU memory", f"{_gpu(f)} full", f.leak_ttf_s, f.leak_slope_mib_per_h),
+                ("host RSS", "host memory used up", f.host_leak_ttf_s,
+                 f.host_leak_slope_mib_per_h)):
+            if ttf is None:
+                continue
+            rate = "" if slope is None else f" (+{slope:.0f} MiB/h)"
+            parts.append(f"{what} growing{rate}: {full} in ~{_fmt_duration(ttf)}")
+        return f"{f.worker}: " + ("; ".join(parts) or "memory growing")
 
     rules = [
         AlertRule(
@@ -205,7 +251,7 @@ def default_rules(settings: AlertSettings | None = None) -> list[AlertRule]:
         ),
         AlertRule(
             name="memory_leak",
-            condition=lambda f: None if f.leak_ttf_s is None else f.leak_ttf_s < s.leak_ttf_s,
+            condition=lambda f: None if f.memory_ttf_s is None else f.memory_ttf_s < s.leak_ttf_s,
             summary=leak_summary,
             for_s=s.leak_for_s, keep_firing_for_s=s.leak_keep_firing_s,
             severity=Severity.WARNING, remediation=Remediation.DRAIN_RESTART,

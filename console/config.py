@@ -308,10 +308,12 @@ ALERT_METRICS: dict[str, str] = {
     "p50_latency_s": "median request latency of the worker, seconds",
     "p95_latency_s": "95th percentile request latency of the worker, seconds",
     "p99_latency_s": "99th percentile request latency of the worker, seconds",
-    "error_rate": "share of failed requests (0..1)",
+    "error_rate": "share of the worker's request responses that were 5xx over 5 min (0..1)",
     "queue_depth": "requests waiting in the worker's queue (sglang:num_queue_reqs)",
     "running_requests": "requests running on the worker (sglang:num_running_reqs)",
-    "memory_time_to_full_h": "hours until the GPU is full at the current memory growth (leak)",
+    "memory_time_to_full_h": "hours until the GPU is full (worker's GPU memory growth) or the "
+                             "host's available memory is used up (its process-group RSS "
+                             "growth), whichever is sooner (leak)",
     "restarts": "restarts of the worker within the crash-loop window",
     "probe_failures": "failed probes in a row",
 }
@@ -350,7 +352,9 @@ class AlertRule:
     auto_remediate: bool = False
     """Whether the supervisor applies `remediation` by itself when the rule fires."""
     remediation: Literal["none", "restart", "drain"] = "none"
-    """What auto-remediation (or the suggested action) is."""
+    """What auto-remediation (or the suggested action) is: ``drain`` takes the worker out
+    of the balancer and leaves its process alive for a human to look at; ``restart``
+    drains, restarts and puts it back."""
 
 
 DEFAULT_ALERTS: tuple[AlertRule, ...] = (
@@ -366,7 +370,7 @@ DEFAULT_ALERTS: tuple[AlertRule, ...] = (
         name="gpu_memory_leak",
         when=(AlertCondition("memory_time_to_full_h", "<", 6.0),),
         for_s=600.0, severity="warning",
-        summary="GPU memory keeps growing: full in under 6 h at this rate",
+        summary="memory (GPU or host RSS) keeps growing: full in under 6 h at this rate",
         remediation="restart"),
     AlertRule(
         name="high_error_rate",

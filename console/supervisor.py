@@ -35,6 +35,7 @@ from backends.gpu import GpuSample, GpuSource, SimGpuSource, attribute, make_gpu
 from backends.promtext import parse_metrics
 from backends.sglang import effect_warnings, mask_argv
 from backends.sglang_client import SglangClient
+from console import hostmem
 from console.alerts import AlertEngine, AlertSettings, AlertTransition, WorkerFacts
 from console.alert_rules import rules_from_config
 from console.audit import AuditLog
@@ -620,14 +621,20 @@ class Supervisor:
 
     async def _gpu_loop(self) -> None:
         while True:
-            if self._gpu is not None:
-                sample = await self._gpu.sample()
-                self._gpu_sample = sample
-                # one scan of the process table for the whole fleet, off the event loop
-                # (one scan per worker cost ~10 ms each at 64 workers)
-                idents = {w.name: w.identity for w in self._all_runtimes() if w.identity}
-                trees = await procs.group_pids_many_async(idents)
+            sample = await self._gpu.sample() if self._gpu is not None else None
+            self._gpu_sample = sample
+            # one scan of the process table for the whole fleet, off the event loop
+            # (one scan per worker cost ~10 ms each at 64 workers)
+            idents = {w.name: w.identity for w in self._all_runtimes() if w.identity}
+            trees = await procs.group_pids_many_async(idents)
+            if sample is not None:
                 self._fold_gpu(sample, trees)
+            # the same pid sets give each group's host RSS (leak trend), also off the loop
+            host = await hostmem.sample_async(trees)
+            now = self.clock()
+            for w in self._all_runtimes():
+                w.trend_scale = self.cfg.metrics.trend_time_scale
+                w.fold_host(now, host.rss_mib.get(w.name), host.available_mib)
             await asyncio.sleep(GPU_S)
 
     def _fold_gpu(self, sample: GpuSample, groups: dict[str, set[int]]) -> None:
@@ -640,7 +647,9 @@ class Supervisor:
             w.trend_scale = self.cfg.metrics.trend_time_scale
             card = cards.get(w.spec.gpu if w.spec.gpu is not None else 0)
             w.fold_gpu(now, shares.get(w.name), card.used_mib if card else None,
-                       card.total_mib if card else None)
+                       card.total_mib if card else None,
+                       util_pct=card.util_pct if card else None,
+                       temperature_c=card.temperature_c if card else None)
 
     async def _tick_loop(self) -> None:
         last_alerts = 0.0
@@ -668,8 +677,8 @@ class Supervisor:
         if tr.remediation is not None and a.worker in self.workers:
             self._event("remediation", a.worker, f"auto-remediation {tr.remediation.value} "
                         f"({a.rule})")
-            try:
-                self.start_action("restart", a.worker, caller_uid=None)
+            try:  # drain: out of the balancer, left alive; drain_restart: + restart
+                self.start_action(tr.remediation.action, a.worker, caller_uid=None)
             except ActionError as exc:
                 self._event("remediation", a.worker, f"auto-remediation not started: {exc}")
 

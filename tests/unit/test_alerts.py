@@ -242,7 +242,7 @@ def test_memory_leak_rule() -> None:
     facts = calm(leak_ttf_s=5 * 3600.0, leak_slope_mib_per_h=1800.0)
     seen = run(engine, 0.0, 60.0, lambda t: [facts], "memory_leak")
     assert seen == [(A.INACTIVE, A.PENDING, 0.0), (A.PENDING, A.FIRING, 60.0)]
-    assert engine.firing(60.0)[0].summary == "w1: memory growing (+1800 MiB/h): GPU 0 full in ~5.0 h"
+    assert engine.firing(60.0)[0].summary == "w1: GPU memory growing (+1800 MiB/h): GPU 0 full in ~5.0 h"
     assert run(AlertEngine(), 0.0, 600.0, lambda t: [calm(leak_ttf_s=7 * 3600.0)],
                "memory_leak") == []
     assert run(AlertEngine(), 0.0, 600.0, lambda t: [calm(leak_ttf_s=None)], "memory_leak") == []
