@@ -147,6 +147,17 @@ def test_wide_width_shows_every_column_in_order() -> None:
     assert {c.key: n for c, n in chosen}["state"] >= 23
 
 
+@pytest.mark.parametrize("width", [96, 100, 108, 118, 140])
+def test_progress_reads_in_full_before_minor_columns(width: int) -> None:
+    chosen = fit_columns(width, 6)
+    widths = {c.key: n for c, n in chosen}
+    assert widths["state"] >= len("▼ draining: 3 in flight"), width
+    priorities = [c.priority for c in COLUMNS if c.key in widths]
+    dropped = [c.priority for c in COLUMNS if c.key not in widths]
+    # a less important column never shows while a more important one is dropped
+    assert not dropped or max(priorities) <= min(dropped), (width, widths)
+
+
 # ---------------------------------------------------------------------------- dialogs
 
 

@@ -44,7 +44,9 @@ class Column:
 
 STATE_MIN = 14
 STATE_WIDE = 23
-"""State width on terminals of 110 cells or more: "▼ draining: 3 in flight" reads in full."""
+"""State width that reads "▼ draining: 3 in flight" in full; taken before the columns
+of priority `STATE_WIDE_PRIORITY` and up."""
+STATE_WIDE_PRIORITY = 4
 STATE_MAX = 30
 NAME_MIN, NAME_MAX = 6, 16
 
@@ -118,21 +120,29 @@ PADDING = 2  # DataTable's cell padding, one cell each side
 def fit_columns(width: int, name_width: int) -> list[tuple[Column, int]]:
     """The columns that fit in `width` cells, with their widths, in display order.
 
-    Columns are taken by priority; the state column then takes what is left, up to
-    `STATE_MAX`, so actions in progress read in full on wide terminals.
+    Columns are taken by priority until one does not fit; the state column widens to `STATE_WIDE` (a running
+    action's progress in full) before the columns of `STATE_WIDE_PRIORITY` and up are
+    taken, then takes what is left, up to `STATE_MAX`.
     """
     widths = {c.key: c.width for c in COLUMNS}
     widths["name"] = max(NAME_MIN, min(NAME_MAX, name_width))
-    state_floor = STATE_WIDE if width >= 110 else STATE_MIN
-    widths["state"] = state_floor
+    widths["state"] = STATE_MIN
     chosen: set[str] = set()
     used = 0
+    widened = full = False
     for col in sorted(COLUMNS, key=lambda c: c.priority):
+        if not widened and col.priority >= STATE_WIDE_PRIORITY:
+            widened = True
+            if used + STATE_WIDE - STATE_MIN <= width:
+                used += STATE_WIDE - STATE_MIN
+                widths["state"] = STATE_WIDE
         need = widths[col.key] + PADDING
-        if col.priority == 0 or used + need <= width:
+        if col.priority == 0 or (not full and used + need <= width):
             chosen.add(col.key)
             used += need
-    widths["state"] = max(state_floor, min(STATE_MAX, state_floor + width - used))
+        else:
+            full = True  # a less important column never takes the place of a dropped one
+    widths["state"] = max(widths["state"], min(STATE_MAX, widths["state"] + width - used))
     return [(c, widths[c.key]) for c in COLUMNS if c.key in chosen]
 
 
