@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import select
 import signal
 import sys
 import time
@@ -368,6 +369,29 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+def _peer_closed(conn: _Conn) -> bool:
+    """Whether the server already closed this idle keep-alive connection.
+
+    An idle connection has no request outstanding, so anything readable on its socket is
+    the server's FIN (nginx closes idle connections on reload) or a stray byte; either way
+    it must not carry the next request. The event loop may not have run the protocol's
+    ``connection_lost`` yet on a busy box, so ask the kernel (one zero-timeout poll,
+    as urllib3 does before reusing a connection).
+    """
+    t = conn.transport
+    if t is None or t.is_closing():
+        return True
+    sock = t.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLIN)
+        return bool(p.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 class _Pool:
     """Up to `limit` connections to one host, opened on demand, reused LIFO.
 
@@ -395,8 +419,9 @@ class _Pool:
     async def acquire(self, deadline: float) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed:
+            if not conn.closed and not _peer_closed(conn):
                 return conn
+            conn.close()
             self.open -= 1
         waiter: asyncio.Future[_Conn] = self._loop.create_future()
         self._waiters.append(waiter)

@@ -309,3 +309,60 @@ def test_cli_runs_until_sigterm_then_reports(srv):
 
 if __name__ == "__main__":
     _serve(int(sys.argv[1]), sys.argv[2])
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_idle_connection_closed_by_the_server_is_not_reused(loop_kind: str):
+    """A keep-alive connection the server closed while it sat idle (nginx closes them on
+    reload) is dropped by the pool before a request is written to it, even when the
+    close has reached the kernel but not yet the event loop (a busy box)."""
+    import socket
+    import threading
+
+    from backends.sim.loadgen import _Pool
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    close_first = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        listener.settimeout(10)
+        for _ in range(2):
+            c, _ = listener.accept()
+            conns.append(c)
+            c.recv(65536)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if len(conns) == 1:
+                close_first.wait(10)
+                c.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        pool = _Pool(loop, "127.0.0.1", port, 4, connect_timeout_s=5)
+        deadline = time.monotonic() + 10
+        req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        first = await pool.acquire(deadline)
+        assert await first.request(req) == (200, b"ok")
+        pool.release(first)
+        close_first.set()
+        time.sleep(0.3)  # blocks the loop: the FIN is in the kernel, not yet seen by asyncio
+        second = await pool.acquire(deadline)
+        assert second is not first and first.closed
+        assert await second.request(req) == (200, b"ok")
+        pool.close()
+
+    try:
+        if loop_kind == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            uvloop.run(go())
+        else:
+            asyncio.run(go())
+    finally:
+        server.join(5)
+        for c in conns:
+            c.close()
+        listener.close()
