@@ -35,7 +35,8 @@ RUNNING = "sglang:num_running_reqs"
 QUEUED = "sglang:num_queue_reqs"
 RESPONSES = "sglang:http_responses_total"
 CONTROL_ENDPOINTS = ("/health", "/metrics", "/model_info", "/get_model_info", "/server_info",
-                     "/get_server_info", "/v1/models", "/sim/")
+                     "/get_server_info", "/v1/models", "/ping", "/ready", "/v1/loads",
+                     "/get_load", "/_sim/")
 """Endpoint prefixes that are not client requests: their responses (a 503 from
 ``/health`` while starting) count in neither the errors nor the error share."""
 
