@@ -22,7 +22,10 @@ rule with auto-remediation) that the drill starts and stops itself.
 
 Load: `backends.sim.loadgen.LoadGen` (open loop, latency from the scheduled send time)
 through the balancer, ``--rate`` requests/s, from 1.5 s before the fault until the fleet
-has recovered. Times come from the supervisor's timeline (wall clock, same host):
+has recovered. Workers started with ``--api-key`` need the key on every request: as
+``embedops bench`` and ``validate --url``, the drill sends ``Authorization: Bearer
+$EMBEDOPS_API_KEY`` when that variable is set. Times come from the supervisor's
+timeline (wall clock, same host):
 
 * detection: first event about the victim after the fault (exit seen, failed probe,
   alert pending);
@@ -120,7 +123,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not ask before injecting a fault into a real-SGLang fleet")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rate", type=float, default=40.0,
-                   help="open-loop load through the balancer, requests/s (default 40)")
+                   help="open-loop load through the balancer, requests/s (default 40); "
+                        "sent with the bearer key $EMBEDOPS_API_KEY when set")
     p.add_argument("--worker", default=None,
                    help="the victim (default: the first routed worker; leak: the one with "
                         "the most free card memory)")
@@ -512,8 +516,10 @@ def sim_fleet(root: str | None = None, *, quiet: bool = True) -> Iterator[StateD
 
 
 def drill(sd: StateDir, scenario: str, *, sim: bool, rate: float, worker: str | None,
-          timeout_s: float, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Run `scenario` against the fleet of `sd`; returns the result object."""
+          timeout_s: float, progress: Callable[[str], None],
+          api_key: str | None = None) -> dict[str, Any]:
+    """Run `scenario` against the fleet of `sd`; returns the result object. `api_key`:
+    bearer key of the fleet's workers (sent with the load and the model lookup)."""
     spec = SCENARIOS[scenario]
     fleet = _Fleet(sd)
     snap = fleet.status()
@@ -528,13 +534,14 @@ def drill(sd: StateDir, scenario: str, *, sim: bool, rate: float, worker: str | 
         raise DrillError("this fleet has no balancer to send the load through")
     from console.bench import discover_model
 
-    with httpx.Client(timeout=5.0) as http:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(timeout=5.0, headers=headers) as http:
         model = discover_model(http, [url]) or "default"
     victim = None if scenario == "rollout" else _pick_victim(snap, worker, scenario)
     progress(f"[drill] {scenario} ({spec.fault}) on fleet {snap['fleet']}"
              + (f", worker {victim}" if victim else "") + f", {rate:g} req/s through {url}")
     load = _Load(LoadSpec(url=url, rate=rate, model=model, deadline_s=15.0, vary_text=True,
-                          max_connections=64)).start()
+                          max_connections=64, api_key=api_key)).start()
     try:
         time.sleep(WARMUP_S)
         if scenario == "drain":
@@ -619,7 +626,8 @@ def run(args: argparse.Namespace, state_dir: Callable[[], StateDir]) -> int:
 
     def go(sd: StateDir) -> dict[str, Any]:
         return drill(sd, args.scenario, sim=args.sim, rate=args.rate, worker=args.worker,
-                     timeout_s=args.timeout, progress=progress)
+                     timeout_s=args.timeout, progress=progress,
+                     api_key=os.environ.get("EMBEDOPS_API_KEY") or None)
 
     if args.sim:
         progress("[drill] starting a throwaway simulated fleet...")
