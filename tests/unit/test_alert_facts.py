@@ -380,3 +380,10 @@ def test_hostmem_sample_reads_real_processes() -> None:
     assert sample.available_mib is not None and sample.available_mib > 0
     expect = psutil.Process(me).memory_info().rss / hostmem.MIB
     assert sample.rss_mib["me"] == pytest.approx(expect, rel=0.2)
+    # the /proc fast path reads what psutil reads
+    parent = psutil.Process(me).parent()
+    assert parent is not None
+    assert hostmem.rss_bytes(parent.pid) == pytest.approx(parent.memory_info().rss, rel=0.05)
+    assert hostmem.rss_bytes(2 ** 22 + 12345) is None
+    both = hostmem.group_rss_mib([me, parent.pid, 2 ** 22 + 12345])
+    assert both == pytest.approx(expect + parent.memory_info().rss / hostmem.MIB, rel=0.2)
