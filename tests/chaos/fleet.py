@@ -311,6 +311,19 @@ class Fleet:
             evs = c.get("/v1/events", params={"limit": limit})["events"]
         return [e for e in evs if worker is None or e["worker"] == worker]
 
+    def removed_ack(self, name: str, *, after: float, timeout_s: float = 15.0) -> float:
+        """Wall time of the supervisor's "removed from the balancer" event for `name` (the
+        balancer acknowledged the removal) at or after wall time `after`; waits for it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            acks = [e["time"] for e in self.events(name) if e["kind"] == "balancer"
+                    and "removed from the balancer" in e["message"] and e["time"] >= after]
+            if acks:
+                return float(min(acks))
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no balancer removal of {name} within {timeout_s:g} s")
+            time.sleep(0.05)
+
     def port_of(self, name: str) -> int:
         """The port of a worker defined in the fleet file."""
         return next(d.port for d in self.defs if d.name == name)
