@@ -806,6 +806,18 @@ def read_argv(identity: ProcessIdentity) -> list[str] | None:
         return None
 
 
+def read_env_var(identity: ProcessIdentity, name: str) -> str | None:
+    """One variable of the identified process's environment (as it was at exec), or None
+    when it is unset, unreadable (another user's process) or no longer verifies."""
+    state, proc = _match(identity)
+    if state != "alive" or proc is None:
+        return None
+    try:
+        return proc.environ().get(name)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+
+
 def discover_sglang_servers() -> list[DiscoveredServer]:
     """SGLang server launchers running on this box (ours or not), oldest first.
 

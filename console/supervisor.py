@@ -57,6 +57,8 @@ TICK_S = 0.2
 ROUTER_DURATION = "smg_router_request_duration_seconds"
 """sglang-router's histogram of client requests (embeddings are ``endpoint="other"``)."""
 DISCOVER_S = 15.0
+FLEET_ENV = "EMBEDOPS_FLEET_DIR"
+"""Set in every worker's environment: the state directory of the fleet that started it."""
 EVENTS_KEPT = 500
 LOG_TAIL_BYTES = 16 * 1024
 
@@ -149,6 +151,7 @@ class Supervisor:
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._rollout: asyncio.Task[Any] | None = None
         self._stopping = asyncio.Event()
+        self._fleet_of: dict[procs.ProcessIdentity, str | None] = {}
         self._closed = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._dirty = True
@@ -364,11 +367,13 @@ class Supervisor:
             cmd = LaunchCommand(argv=w.raw_argv, env=dict(w.spec.env))
         else:
             cmd = self.cfg.launch_command(w.spec)
+        # the fleet a worker belongs to, for other supervisors' discovery (not argv: the
+        # stale-process check compares command lines)
+        env = {**cmd.env, FLEET_ENV: str(self.state_dir.root)}
         if w.spec.engine == Engine.SIM:
             # simulated cards are per fleet: fleets (and test runs) on one box don't share them
-            cmd = LaunchCommand(argv=cmd.argv, env={
-                **cmd.env, "EMBEDOPS_SIM_GPU_DIR": str(self.state_dir.root / "sim-gpus")})
-        return cmd
+            env["EMBEDOPS_SIM_GPU_DIR"] = str(self.state_dir.root / "sim-gpus")
+        return LaunchCommand(argv=cmd.argv, env=env)
 
     async def _spawn(self, w: WorkerRuntime) -> None:
         now = self.clock()
@@ -741,7 +746,7 @@ class Supervisor:
                  for pid in pids}
         seen = set()
         for server in found:
-            if server.pid in ours:
+            if server.pid in ours or self._other_fleet(server.identity):
                 continue
             seen.add(server.pid)
             if server.pid in self.unmanaged:
@@ -759,6 +764,8 @@ class Supervisor:
             self._ensure_probe_task(w)
             self._event("discover", name, f"found SGLang server pid {server.pid} on port "
                         f"{server.port} not started by us: attached, unmanaged")
+        alive = {s.identity for s in found}
+        self._fleet_of = {i: o for i, o in self._fleet_of.items() if i in alive}
         for pid in list(self.unmanaged):
             if pid not in seen:
                 w = self.unmanaged.pop(pid)
@@ -766,6 +773,20 @@ class Supervisor:
                 if task:
                     task.cancel()
                 self._event("discover", w.name, f"unmanaged server pid {pid} is gone")
+
+    def _other_fleet(self, ident: procs.ProcessIdentity | None) -> bool:
+        """The server was started by another embedops fleet's supervisor on this box: that
+        one manages it, so it is neither listed nor probed here (cached per process)."""
+        if ident is None:
+            return False
+        if ident not in self._fleet_of:
+            owner = procs.read_env_var(ident, FLEET_ENV)
+            self._fleet_of[ident] = owner
+            if owner is not None and owner != str(self.state_dir.root):
+                log.info("pid %d on this box belongs to the fleet in %s: not attached",
+                         ident.pid, owner)
+        owner = self._fleet_of[ident]
+        return owner is not None and owner != str(self.state_dir.root)
 
     # ================================================================== helpers
 
