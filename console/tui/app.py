@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.binding import Binding, BindingsMap
 from textual.markup import escape
 from textual.message import Message
@@ -260,7 +260,10 @@ class EmbedopsApp(App[None]):
 
     def render_screen(self, *, force: bool = False) -> None:
         """Render the top screen, unless a dialog is open (it re-renders on resume)."""
-        screen = self.screen
+        try:
+            screen = self.screen
+        except ScreenStackError:  # a poll that lands while the app shuts down
+            return
         if isinstance(screen, ModalScreen):
             return
         refresh: Callable[..., None] | None = getattr(screen, "refresh_from_app", None)

@@ -21,8 +21,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.functional.test_cli_fleet import Recorded, clean_env, embedops_argv
+
+# restarts take seconds each, and much longer on a loaded box
+pytestmark = pytest.mark.timeout(300)
 
 START_TIMEOUT_S = 90.0
 ANSI = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78])")

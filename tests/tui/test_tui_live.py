@@ -57,6 +57,9 @@ from console.tui.widgets.log_tail import LogTail
 from tests.chaos.fleet import Fleet, row
 from tests.tui.conftest import wait_until
 
+# restarts take seconds each, and much longer on a loaded box
+pytestmark = pytest.mark.timeout(300)
+
 NAMES = ["w1", "w2", "w3"]
 NOBODY = 65534
 REFRESH_S = 0.25
