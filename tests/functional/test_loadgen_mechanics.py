@@ -349,7 +349,7 @@ def test_idle_connection_closed_by_the_server_is_not_reused(loop_kind: str):
         assert await first.request(req) == (200, b"ok")
         pool.release(first)
         close_first.set()
-        time.sleep(0.3)  # blocks the loop: the FIN is in the kernel, not yet seen by asyncio
+        time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop: the FIN reaches only the kernel
         second = await pool.acquire(deadline)
         assert second is not first and first.closed
         assert await second.request(req) == (200, b"ok")
