@@ -626,7 +626,7 @@ class WorkerLifecycle:
             actions.append(Action(ActionKind.ALERT, alert=LifecycleAlert.CONFIG_ERROR,
                                   message=f"{self.worker}: {reason}; not restarting"))
         else:
-            detail = f": {config_error}" if config_error else ""
+            detail = f": {config_error}" if config_error and config_error != what else ""
             self._crash(now, f"start failed: {what}{detail}", actions, transitions,
                         during_start=True)
 

@@ -61,6 +61,8 @@ FLEET_ENV = "EMBEDOPS_FLEET_DIR"
 """Set in every worker's environment: the state directory of the fleet that started it."""
 EVENTS_KEPT = 500
 LOG_TAIL_BYTES = 16 * 1024
+PORT_SETTLE_S = 3.0
+"""How long a port held by a socket without an owner may take to clear before a start."""
 
 S = WorkerState
 
@@ -401,6 +403,13 @@ class Supervisor:
         if spec.engine == Engine.SGLANG and not w.raw_argv and not Path(spec.model_path).exists():
             return f"model path {spec.model_path} does not exist"
         owner = await procs.port_owner_async(spec.port, spec.host)
+        # A socket nobody owns any more is the previous generation's, still being torn
+        # down (seen under load right after a stop): give it a moment before calling
+        # the port taken; a foreign owner with a pid is refused at once.
+        deadline = self.clock() + PORT_SETTLE_S
+        while owner is not None and owner.pid is None and self.clock() < deadline:
+            await asyncio.sleep(0.1)
+            owner = await procs.port_owner_async(spec.port, spec.host)
         if owner is None:
             return None
         if owner.pid is not None and self._is_our_stale(w, owner.pid):
