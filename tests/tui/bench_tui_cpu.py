@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def real_fleet(n: int, args: argparse.Namespace) -> dict[str, Any]:
         return fig
     finally:
         fleet.close()
+        shutil.rmtree(fleet.root, ignore_errors=True)
 
 
 def canned(n: int, args: argparse.Namespace) -> dict[str, Any]:
