@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -110,8 +111,10 @@ def balancer_settings(cfg: FleetConfig) -> RouterSettings | NginxSettings | None
             retry_max_retries=b.retry_max_retries,
             duration_buckets_s=cfg.metrics.e2e_latency_buckets_s)
     if b.kind == "nginx":
-        return NginxSettings(port=b.port, host=b.host, binary=b.nginx_binary,
-                             read_timeout_s=b.request_timeout_s)
+        return NginxSettings(port=b.port, host=b.host, nginx_bin=b.nginx_binary,
+                             read_timeout_s=max(1, math.ceil(b.request_timeout_s)),
+                             max_fails=b.nginx_max_fails,
+                             fail_timeout_s=max(1, math.ceil(b.nginx_fail_timeout_s)))
     return None
 
 

@@ -83,3 +83,18 @@ def test_retune_without_a_setting_is_a_usage_error(tmp_path: Path) -> None:
     r = embedops("retune", "w1", "--state-dir", str(tmp_path / "sd"), cwd=tmp_path)
     assert r.returncode == 2
     assert "give at least one setting to change" in r.stderr
+
+
+def test_reader_closing_the_pipe_gives_no_traceback() -> None:
+    # `embedops check | head -0`: stdout's reader is gone before the first line
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        argv = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "console.cli"]
+        r = subprocess.run([*argv, "check", "--config", "console/fleet.sim.toml"],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.returncode == 141
