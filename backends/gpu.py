@@ -273,7 +273,7 @@ class NvmlGpuSource:
     def _lib(self) -> Any:
         if self._nvml is None:
             try:
-                import pynvml
+                import pynvml  # type: ignore[import-untyped]
             except Exception as exc:  # noqa: BLE001 - missing or broken binding
                 raise NvmlUnavailable(f"cannot import pynvml: {exc}") from exc
             self._nvml = pynvml

@@ -175,7 +175,7 @@ def retune_spec(sup: Supervisor, w: WorkerRuntime, args: dict[str, Any]) -> Work
                           code="no_change")
     if "mem_fraction_static" in changes and new.gpu is not None:
         total = sum((o.spec.mem_fraction_static or 0.0) for o in sup.workers.values()
-                    if o is not w and o.spec.gpu == new.gpu) + new.mem_fraction_static
+                    if o is not w and o.spec.gpu == new.gpu) + (new.mem_fraction_static or 0.0)
         if total > 1.0 + 1e-9:
             raise ActionError(f"mem_fraction_static: GPU {new.gpu} would be over-committed "
                               f"(sum of fractions {total:.2f} > 1)", status=400, code="bad_args")
@@ -231,8 +231,8 @@ async def rollout(sup: Supervisor, w: WorkerRuntime | None, args: dict[str, Any]
     soak = float(args.get("soak_s", 0.0))
     while sup.clock() < deadline:
         states = {n: sup.workers[n].state for n in names if n in sup.workers}
-        ready_since = {n: sup.workers[n].lifecycle.ready_since for n in states
-                       if sup.workers[n].lifecycle.ready_since is not None}
+        ready_since = {n: since for n in states
+                       if (since := sup.workers[n].lifecycle.ready_since) is not None}
         step = next_rollout_step(states, started, failed=failed, ready_since=ready_since,
                                  now=sup.clock(), soak_s=soak)
         if step is None:

@@ -73,7 +73,7 @@ def snapshot(sup: Supervisor, *, read_only: bool = False) -> dict[str, Any]:
 
 def recent_events(sup: Supervisor, limit: int) -> list[dict[str, Any]]:
     """The newest `limit` timeline events, newest first."""
-    out = []
+    out: list[dict[str, Any]] = []
     for e in reversed(sup.events):
         if len(out) >= limit:
             break
@@ -188,8 +188,8 @@ async def _follow(path: Path, start_lines: int) -> Any:
                 continue
             buf += chunk
             *complete, buf = buf.split(b"\n")
-            for line in complete:
-                yield {"line": line.decode("utf-8", "replace")}
+            for raw in complete:
+                yield {"line": raw.decode("utf-8", "replace")}
 
 
 def install_routes(server: ControlServer, sup: Supervisor) -> None:

@@ -569,7 +569,7 @@ class ControlServer:
                 if head > self._max_header:
                     raise _Reject(431, "headers_too_large",
                                   f"request head over {self._max_header} bytes")
-                length = _header(event.headers, b"content-length")
+                length = _header(list(event.headers), b"content-length")
                 if length is not None and length.isdigit() and int(length) > self._max_body:
                     raise _Reject(413, "too_large",
                                   f"request body over {self._max_body} bytes")

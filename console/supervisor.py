@@ -174,8 +174,7 @@ class Supervisor:
         saved = self.state_dir.read_state()
         await self._start_balancer(saved.get("balancer") or {})
         if self._gpu is None:
-            kind = "sim" if self.cfg.engine == Engine.SIM else "auto"
-            self._gpu = make_gpu_source(kind)
+            self._gpu = make_gpu_source("sim" if self.cfg.engine == Engine.SIM else "auto")
         specs = self.cfg.worker_specs()
         saved_workers: dict[str, Any] = saved.get("workers") or {}
         fresh: list[WorkerRuntime] = []
@@ -428,8 +427,9 @@ class Supervisor:
 
     def _is_our_stale(self, w: WorkerRuntime, pid: int) -> bool:
         """A process holding our port that runs exactly our worker command line."""
-        argv = procs.read_argv(procs.identify(pid)) if procs.identify(pid) else None
-        return bool(argv) and list(argv) == list(self._launch(w).argv)
+        ident = procs.identify(pid)
+        argv = procs.read_argv(ident) if ident is not None else None
+        return argv is not None and list(argv) == list(self._launch(w).argv)
 
     async def _register(self, w: WorkerRuntime) -> None:
         if self.balancer is None:
@@ -719,6 +719,7 @@ class Supervisor:
                     await self.balancer.stop()
                 for w in self.workers.values():
                     w.in_balancer = False
+                assert self._bsettings is not None  # a balancer exists, so settings do
                 try:
                     self.balancer = create_balancer(self._bsettings, self.state_dir.root)
                     await self.balancer.start()
