@@ -282,7 +282,9 @@ class WorkerRuntime:
                          and now - self.metrics_at <= stale_after_s)
         gpu_fresh = self.gpu_at is not None and now - self.gpu_at <= stale_after_s
         missing: list[str] = []
-        if probing and not metrics_fresh:
+        # a starting worker has no /metrics until its port opens: that is the startup
+        # budget's business, not a no-data alert flapping pending on every start
+        if probing and not metrics_fresh and status.state is not WorkerState.STARTING:
             missing.append("metrics")
         gpu_pct = None
         if self.gpu_card_used_mib is not None and self.gpu_card_total_mib:

@@ -78,6 +78,15 @@ def runtime(state: S = S.STARTING) -> WorkerRuntime:
     return w
 
 
+def ready_runtime() -> WorkerRuntime:
+    """A worker whose probes passed: READY."""
+    w = runtime()
+    for _ in range(5):
+        w.lifecycle.observe_probe(0.0, True, latency_s=0.01)
+    assert w.state is S.READY
+    return w
+
+
 def scrape(*, ok: float = 0, err: float = 0, health_503: float = 0, queued: float | None = None,
            running: float | None = None, buckets: Mapping[str, float] | None = None,
            http: bool = True) -> MetricsSnapshot:
@@ -162,7 +171,7 @@ def test_error_rate_is_the_5xx_share_of_request_responses(tmp_path: Path) -> Non
     engine = AlertEngine([r])
     f = WorkerFacts(worker="w1", error_rate=0.1)
     assert states(engine, 0.0, f) == [(A.INACTIVE, A.PENDING)]
-    stale = runtime()
+    stale = ready_runtime()
     stale.fold_metrics(0.0, scrape(ok=0))
     stale.fold_metrics(1.0, scrape(ok=10, err=10))
     assert stale.facts(1.0, stale_after_s=STALE).error_rate == pytest.approx(0.5)
@@ -387,3 +396,13 @@ def test_hostmem_sample_reads_real_processes() -> None:
     assert hostmem.rss_bytes(2 ** 22 + 12345) is None
     both = hostmem.group_rss_mib([me, parent.pid, 2 ** 22 + 12345])
     assert both == pytest.approx(expect + parent.memory_info().rss / hostmem.MIB, rel=0.2)
+
+
+def test_no_metrics_while_starting_is_not_missing_data() -> None:
+    # /metrics answers only once the port opens: a start must not flap no_data pending
+    starting = runtime(S.STARTING)
+    assert starting.facts(100.0, stale_after_s=STALE).missing == ()
+    ready = ready_runtime()
+    assert ready.facts(100.0, stale_after_s=STALE).missing == ("metrics",)
+    ready.fold_metrics(100.0, scrape(ok=1))
+    assert ready.facts(100.0 + STALE / 2, stale_after_s=STALE).missing == ()
