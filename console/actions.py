@@ -21,12 +21,10 @@ import httpx
 
 from backends import procs
 from backends.sglang import effect_warnings, parse_launch_argv
-from console.lifecycle import WorkerLifecycle
 from console.model import Engine, WorkerSpec, WorkerState
 from console.policy import ROUTED_STATES, Aborted, Blocked, next_rollout_step
 from console.runtime import WorkerRuntime
 from console.supervisor import ActionError
-from console.validate import run_validation
 
 if TYPE_CHECKING:
     from console.supervisor import Supervisor

@@ -12,7 +12,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 
-from console.alerts import AlertRule, AlertSettings, Remediation, WorkerFacts, default_rules
+from console.alerts import (
+    AlertRule,
+    AlertSettings,
+    Remediation,
+    WorkerFacts,
+    default_rules,
+)
 from console.config import AlertCondition, FleetConfig
 from console.model import Severity
 

@@ -26,17 +26,17 @@ MASK = "****"
 
 _SECRET_KEY = re.compile(
     r"(?:^|[_-])(api[_-]?key|apikey|token|password|passwd|secret|authorization"
-    r"|credentials?|cookie)$", re.I)
+    r"|credentials?|cookie)$", re.IGNORECASE)
 _SECRET_FLAG = re.compile(
-    r"^--?(api[-_]key|admin[-_]api[-_]key|token|password|secret)$", re.I)
+    r"^--?(api[-_]key|admin[-_]api[-_]key|token|password|secret)$", re.IGNORECASE)
 _SECRET_IN_TEXT = [
     # --api-key=VALUE / --api-key VALUE (also --admin-api-key, --token, --password)
-    re.compile(r"(--?(?:admin[-_])?(?:api[-_]key|token|password|secret)(?:=|\s+))(\S+)", re.I),
-    re.compile(r"(\bBearer\s+)([^\s\"']+)", re.I),
-    re.compile(r"(\bAuthorization:\s*)(?!Bearer\b)(\S+)", re.I),
+    re.compile(r"(--?(?:admin[-_])?(?:api[-_]key|token|password|secret)(?:=|\s+))(\S+)", re.IGNORECASE),
+    re.compile(r"(\bBearer\s+)([^\s\"']+)", re.IGNORECASE),
+    re.compile(r"(\bAuthorization:\s*)(?!Bearer\b)(\S+)", re.IGNORECASE),
     # key=value / "key": "value" pairs inside free text
     re.compile(r"""((?:api[_-]?key|token|password|secret)["']?\s*[:=]\s*["']?)([^\s"',}]+)""",
-               re.I),
+               re.IGNORECASE),
 ]
 
 
@@ -127,7 +127,7 @@ class AuditLog:
         outcome = Outcome(outcome)
         epoch = self._clock() if now is None else now
         entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+            "ts": dt.datetime.fromtimestamp(epoch, dt.UTC)
                     .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "epoch": round(epoch, 3),
             "uid": caller_uid,

@@ -28,7 +28,14 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote

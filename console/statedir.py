@@ -321,7 +321,7 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         reason = str(e)
     if reason is None:
         return data
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     kept = path.with_name(f"{path.name}.corrupt-{stamp}")
     os.rename(path, kept)
     _fsync_dir(path.parent)
