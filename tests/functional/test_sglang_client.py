@@ -13,6 +13,7 @@ import pytest
 
 from backends.promtext import detect_reset, parse_metrics
 from backends.sglang_client import SglangClient, SglangError, cosine, error_message
+from console.supervisor import FLEET_ENV
 from tests.conftest import PYTHON, ProcessGroups, free_port, wait_http
 
 DIM = 2560
@@ -50,7 +51,10 @@ def start_sim(groups: ProcessGroups, *extra: str, log=None, ready_timeout: float
     if zero_latency:
         argv += ["--sim-base-latency-ms", "0", "--sim-per-token-us", "0"]
     argv += list(extra)
-    groups.spawn(argv, log=log, env={"EMBEDOPS_SIM_GPU_DIR": gpu_dir})
+    # Supervisors of fleets on a shared box discover every SGLang-like server and probe it
+    # with real embedding requests; one marked as another fleet's worker is left alone, so
+    # their probes cannot move the counters and gauges asserted here.
+    groups.spawn(argv, log=log, env={"EMBEDOPS_SIM_GPU_DIR": gpu_dir, FLEET_ENV: gpu_dir})
     wait_http(f"http://127.0.0.1:{port}/health", timeout=ready_timeout)
     return SimWorker(port)
 

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
+from console.supervisor import FLEET_ENV
 from tests.conftest import ProcessGroups, free_port, wait_http
 
 MODEL = "Qwen/Qwen3-Embedding-4B"
@@ -49,8 +50,11 @@ def spawn(groups: ProcessGroups, tmp: Path, *extra: str, env: dict[str, str] | N
     argv = [sys.executable, "-m", "backends.sim.worker", "--model-path", MODEL, "--is-embedding",
             "--host", "127.0.0.1", "--port", str(port), "--sim-load-s", "0.2",
             "--sim-warmup-s", "0.1", *extra]
+    # Supervisors of fleets on a shared box discover every SGLang-like server and probe it
+    # with real embedding requests; one marked as another fleet's worker is left alone, so
+    # their probes cannot move the gauges, counters and drain counts asserted here.
     proc = groups.spawn(argv, log=log, env={"EMBEDOPS_SIM_GPU_DIR": str(tmp / f"gpus-{port}"),
-                                            **(env or {})})
+                                            FLEET_ENV: str(tmp), **(env or {})})
     return Sim(proc, port, log)
 
 

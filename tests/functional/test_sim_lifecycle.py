@@ -17,6 +17,7 @@ import httpx
 import psutil
 import pytest
 
+from console.supervisor import FLEET_ENV
 from tests.conftest import ProcessGroups, free_port, wait_http
 
 MODEL = "Qwen/Qwen3-Embedding-4B"
@@ -31,8 +32,12 @@ def _spawn(procs: ProcessGroups, tmp: Path, *extra: str,
            env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     log = tmp / f"sim-{port}.log"
+    # Supervisors of fleets on a shared box discover every SGLang-like server and probe it
+    # with real embedding requests; one marked as another fleet's worker is left alone, so
+    # their probes cannot move the gauges, counters and drain counts asserted here.
     proc = procs.spawn(_argv(port, *extra), log=log,
-                       env={"EMBEDOPS_SIM_GPU_DIR": str(tmp / "gpus"), **(env or {})})
+                       env={"EMBEDOPS_SIM_GPU_DIR": str(tmp / "gpus"), FLEET_ENV: str(tmp),
+                            **(env or {})})
     return proc, f"http://127.0.0.1:{port}", log
 
 
