@@ -88,7 +88,8 @@ class WorkerRuntime:
     # folded observations
     probe_window: SampleWindow = field(default_factory=lambda: SampleWindow(300.0, 10.0))
     latency: HistogramWindow = field(default_factory=HistogramWindow)
-    rate: CounterRate = field(default_factory=lambda: CounterRate(30.0))
+    rate: CounterRate = field(default_factory=lambda: CounterRate(10.0))
+    """Requests per second over the last 10 s (the table's req/s: quick to follow a change)."""
     errors_rate: CounterRate = field(default_factory=lambda: CounterRate(300.0))
     """5xx responses to requests (`CONTROL_ENDPOINTS` excluded)."""
     responses_rate: CounterRate = field(default_factory=lambda: CounterRate(300.0))
