@@ -24,10 +24,8 @@ import json
 import math
 import os
 import random
-import select
 import signal
 import sys
-import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -35,8 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httptools
 import orjson
+
+from backends.http1 import (
+    BadResponse,
+    Connection,
+    Disconnected,
+    Http1Timeout,
+    Pool,
+    peer_closed,
+    until,
+)
+from backends.http1 import now as http1_now
 
 __all__ = [
     "LiveStats",
@@ -61,8 +69,9 @@ DEFAULT_QUERY = "What is the capital city of France?"
 _STALE_IDLE_S = 1.0
 _MIN_SLEEP_S = 0.001
 
-# Measurements use this clock: uvloop's loop.time() only moves in whole milliseconds.
-_now = time.monotonic
+# Measurements use this clock (the one of backends.http1's deadlines): uvloop's
+# loop.time() only moves in whole milliseconds.
+_now = http1_now
 
 
 # --------------------------------------------------------------------------- statistics
@@ -276,232 +285,15 @@ def make_text(spec: LoadSpec) -> str:
 
 
 # --------------------------------------------------------------------------- lean HTTP
-
-class _Timeout(Exception):
-    pass
-
-
-class _Disconnected(Exception):
-    def __init__(self, got_bytes: bool) -> None:
-        super().__init__("connection closed")
-        self.got_bytes = got_bytes
-
-
-class _BadResponse(Exception):
-    pass
-
-
-class _Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection; one request outstanding at a time."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.used = 0
-        self.last_done = 0.0
-        self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self._body: list[bytes] = []
-        self._status = 0
-        self._got_bytes = False
-        self.keep_alive = True
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self._got_bytes = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(_BadResponse(f"unparseable HTTP response: {e}"))
-            self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(_Disconnected(self._got_bytes))
-
-    # httptools callbacks
-    def on_headers_complete(self) -> None:
-        self._status = self._parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.keep_alive = self._parser.should_keep_alive()
-        self.last_done = _now()
-        waiter = self._waiter
-        self._waiter = None
-        body = b"".join(self._body)
-        self._body = []
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self._status, body))
-
-    # client side
-    def _fail(self, exc: Exception) -> None:
-        waiter = self._waiter
-        self._waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
-        """Write one request; the future resolves to (status, body)."""
-        waiter = self._loop.create_future()
-        if self.closed or self.transport is None:
-            waiter.set_exception(_Disconnected(False))
-            return waiter
-        self._waiter = waiter
-        self._got_bytes = False
-        self.used += 1
-        self.transport.write(data)
-        return waiter
-
-    def expire(self) -> None:
-        """Deadline reached with the response outstanding."""
-        self._fail(_Timeout())
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-
-def _peer_closed(conn: _Conn) -> bool:
-    """Whether the server already closed this idle keep-alive connection.
-
-    An idle connection has no request outstanding, so anything readable on its socket is
-    the server's FIN (nginx closes idle connections on reload) or a stray byte; either way
-    it must not carry the next request. The event loop may not have run the protocol's
-    ``connection_lost`` yet on a busy box, so ask the kernel (one zero-timeout poll,
-    as urllib3 does before reusing a connection).
-    """
-    t = conn.transport
-    if t is None or t.is_closing():
-        return True
-    sock = t.get_extra_info("socket")
-    if sock is None:
-        return False
-    try:
-        p = select.poll()
-        p.register(sock.fileno(), select.POLLIN)
-        return bool(p.poll(0))
-    except (OSError, ValueError):
-        return True
-
-
-class _Pool:
-    """Up to `limit` connections to one host, opened on demand, reused LIFO.
-
-    A request that finds no idle connection queues; the pool then opens connections
-    (at most `max_connecting` at once) and hands each one, like every released one, to
-    the oldest waiter. So a burst is served by whichever comes first, a freed connection
-    or a new one, instead of a SYN storm of one new connection per queued request.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, limit: int,
-                 *, connect_timeout_s: float, max_connecting: int = 8) -> None:
-        self._loop = loop
-        self._host = host
-        self._port = port
-        self._limit = limit
-        self._max_connecting = max_connecting
-        self._connect_timeout_s = connect_timeout_s
-        self._idle: list[_Conn] = []
-        self._waiters: deque[asyncio.Future[_Conn]] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.open = 0  # established or connecting
-        self.connecting = 0
-        self.opened = 0
-
-    async def acquire(self, deadline: float) -> _Conn:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and not _peer_closed(conn):
-                return conn
-            conn.close()
-            self.open -= 1
-        waiter: asyncio.Future[_Conn] = self._loop.create_future()
-        self._waiters.append(waiter)
-        self._grow()
-        return await _until(self._loop, waiter, deadline)
-
-    def _pending(self) -> int:
-        while self._waiters and self._waiters[0].done():
-            self._waiters.popleft()
-        return len(self._waiters)
-
-    def _grow(self) -> None:
-        while (self.connecting < self._max_connecting and self.open < self._limit
-               and self._pending() > self.connecting):
-            self.open += 1
-            self.connecting += 1
-            task = self._loop.create_task(self._connect())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _connect(self) -> None:
-        try:
-            _, conn = await asyncio.wait_for(
-                self._loop.create_connection(lambda: _Conn(self._loop), self._host, self._port),
-                self._connect_timeout_s)
-        except (OSError, asyncio.TimeoutError) as e:
-            self.connecting -= 1
-            self.open -= 1
-            # the oldest waiter learns why; the others keep their turn (and deadline)
-            error: BaseException = e if isinstance(e, OSError) else _Timeout()
-            self._hand(None, error)
-            self._grow()
-            return
-        self.connecting -= 1
-        self.opened += 1
-        self.release(conn)
-
-    def _hand(self, conn: _Conn | None, error: BaseException | None = None) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if waiter.done():
-                continue
-            if conn is not None:
-                waiter.set_result(conn)
-            else:
-                waiter.set_exception(error or _Timeout())
-            return True
-        return False
-
-    def release(self, conn: _Conn) -> None:
-        if conn.closed or not conn.keep_alive:
-            self.discard(conn)
-            return
-        if not self._hand(conn):
-            self._idle.append(conn)
-
-    def discard(self, conn: _Conn) -> None:
-        conn.close()
-        self.open -= 1
-        self._grow()
-
-    def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
-
-
-async def _until(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], deadline: float) -> Any:
-    """Await `fut`, failing it with _Timeout at `deadline` (on the `_now` clock)."""
-    def expire() -> None:
-        if not fut.done():
-            fut.set_exception(_Timeout())
-
-    handle = loop.call_later(max(0.0, deadline - _now()), expire)
-    try:
-        return await fut
-    finally:
-        handle.cancel()
+# backends/http1.py (shared with the supervisor's probe and scrape client); the old
+# private names stay for this module's code and its tests.
+_Timeout = Http1Timeout
+_Disconnected = Disconnected
+_BadResponse = BadResponse
+_Conn = Connection
+_Pool = Pool
+_peer_closed = peer_closed
+_until = until
 
 
 # --------------------------------------------------------------------------- body checks
