@@ -277,11 +277,16 @@ class SglangClient:
 
     async def aclose(self) -> None:
         """Close the probe/scrape connections, and the httpx pool if this client created it."""
+        self.close_connections()
+        if self._own_http:
+            await self._http.aclose()
+
+    def close_connections(self) -> None:
+        """Close the probe/scrape keep-alive connections (the client stays usable: the
+        next request opens a new one). For a worker that is being forgotten."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        if self._own_http:
-            await self._http.aclose()
 
     def _lean_pool(self) -> http1.Pool:
         loop = asyncio.get_running_loop()
