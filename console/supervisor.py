@@ -328,6 +328,8 @@ class Supervisor:
         if self._gpu is not None:
             with contextlib.suppress(Exception):
                 await self._gpu.close()
+        for client in self._clients.values():
+            client.close_connections()
         await self._http.aclose()
 
     async def _stop_worker_for_good(self, w: WorkerRuntime) -> None:
@@ -864,7 +866,9 @@ class Supervisor:
         if task:
             task.cancel()
         self.workers.pop(w.name, None)
-        self._clients.pop(w.name, None)
+        client = self._clients.pop(w.name, None)
+        if client is not None:
+            client.close_connections()
         self._update_gpu_urls()
         self._save_state()
 
