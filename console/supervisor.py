@@ -55,6 +55,7 @@ EXIT_POLL_S = 0.1
 SCRAPE_S = 1.0
 GPU_S = 1.0
 TICK_S = 0.2
+BALANCER_POLL_S = 0.2
 ROUTER_DURATION = "smg_router_request_duration_seconds"
 """sglang-router's histogram of client requests (embeddings are ``endpoint="other"``)."""
 DISCOVER_S = 15.0
@@ -702,35 +703,62 @@ class Supervisor:
                 self._event("remediation", a.worker, f"auto-remediation not started: {exc}")
 
     async def _balancer_loop(self) -> None:
-        """Watch the balancer; restart it when it died (workers are not touched)."""
+        """Watch the balancer; restart it when it died (workers are not touched).
+
+        The process itself is looked at every `BALANCER_POLL_S` (no HTTP), so a dead
+        balancer is replaced within that; ``/liveness`` and the routed set are read
+        every 5th round (~1 s)."""
+        rounds = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(BALANCER_POLL_S)
             if self.balancer is None:
                 continue
-            healthy = await self.balancer.healthy()
+            ident = self.balancer.identity
+            gone = ident is not None and not procs.is_running(ident)
+            rounds += 1
+            if not gone and rounds % 5:
+                continue
+            healthy = False if gone else await self.balancer.healthy()
             if healthy != self.balancer_healthy:
                 self._event("balancer", None, "balancer healthy" if healthy else
                             "balancer not answering")
             self.balancer_healthy = healthy
             if healthy:
                 await self._refresh_routed()
-            ident = self.balancer.identity
-            if not healthy and ident is not None and not procs.is_running(ident):
-                self._event("balancer", None, "balancer process gone: restarting it")
-                with contextlib.suppress(Exception):
-                    await self.balancer.stop()
-                for w in self.workers.values():
-                    w.in_balancer = False
-                assert self._bsettings is not None  # a balancer exists, so settings do
-                try:
-                    self.balancer = create_balancer(self._bsettings, self.state_dir.root)
-                    await self.balancer.start()
-                    # all at once: each add waits ~1 s for sglang-router to list the worker
-                    await asyncio.gather(*(self._register(w) for w in self.workers.values()
-                                           if w.lifecycle.registered))
-                    self._save_state()
-                except Exception as exc:  # noqa: BLE001
-                    self._event("balancer", None, f"balancer restart failed: {exc}")
+            if not healthy and ident is not None and (gone or not procs.is_running(ident)):
+                await self._restart_balancer()
+
+    async def _restart_balancer(self) -> None:
+        """Replace a dead balancer. The routed workers that need no API key are handed
+        to the new one at start (sglang-router: ``--worker-urls``, registered by the
+        router itself ~1 s after its port opens, no ``POST /workers`` round trips);
+        keyed workers are added through the API. A start-up worker the balancer has
+        not listed in time is added through the API as well."""
+        assert self.balancer is not None and self._bsettings is not None
+        self._event("balancer", None, "balancer process gone: restarting it")
+        with contextlib.suppress(Exception):
+            await self.balancer.stop()
+        routed = [w for w in self.workers.values() if w.lifecycle.registered]
+        for w in self.workers.values():
+            w.in_balancer = False
+        plain = [w for w in routed if not w.spec.api_key]
+        try:
+            self.balancer = create_balancer(self._bsettings, self.state_dir.root)
+            await self.balancer.start(workers=[w.spec.url for w in plain])
+            self._event("balancer", None, f"balancer restarted with {len(plain)} workers "
+                        "at start-up")
+            self._save_state()
+            await asyncio.gather(*(self._register(w) for w in routed if w.spec.api_key))
+            wait_s = getattr(self._bsettings, "worker_startup_timeout_s", 0) + 2.0
+            deadline = self.clock() + wait_s
+            while plain and self.clock() < deadline:
+                await self._refresh_routed()
+                plain = [w for w in plain if not w.in_balancer and w.lifecycle.registered]
+                if plain:
+                    await asyncio.sleep(0.1)
+            await asyncio.gather(*(self._register(w) for w in plain))
+        except Exception as exc:  # noqa: BLE001
+            self._event("balancer", None, f"balancer restart failed: {exc}")
 
     async def _refresh_routed(self) -> None:
         """Read which workers the balancer really routes to (registration is asynchronous in
