@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -111,8 +111,13 @@ class Balancer(Protocol):
         """Identity of the balancer process (``None`` before `start`)."""
         ...
 
-    async def start(self) -> None:
-        """Spawn the balancer detached and wait until it answers; raise `BalancerError`."""
+    async def start(self, workers: Sequence[str] = ()) -> None:
+        """Spawn the balancer detached and wait until it answers; raise `BalancerError`.
+
+        `workers` (URLs of workers that need no per-worker API key) are in rotation from
+        the start, without `add` calls (sglang-router registers them in the background
+        once its port is open; nginx has them in its first ``upstream.conf``).
+        """
         ...
 
     async def stop(self) -> None:

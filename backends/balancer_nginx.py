@@ -213,8 +213,9 @@ class Nginx:
         return (self._bin(), "-p", f"{self.prefix}/", "-c", str(self.conf_path),
                 "-e", str(self.log_path), *extra)
 
-    async def start(self) -> None:
-        """Write the config, check it, spawn the master detached, wait for generation 1."""
+    async def start(self, workers: Sequence[str] = ()) -> None:
+        """Write the config, check it, spawn the master detached, wait for generation 1;
+        `workers` are the first upstream members."""
         if self._identity is not None and bp.alive(self._identity):
             raise BalancerError("nginx already started by this object")
         s = self.settings
@@ -223,8 +224,9 @@ class Nginx:
         for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
             (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(render_nginx_conf(s, self.prefix))
-        self._members, self._generation = [], 1
-        _atomic_write(self.upstream_path, render_upstream_conf(s, [], 1))
+        members = builtins.list(dict.fromkeys(normalize_url(u) for u in workers))
+        self._members, self._generation = members, 1
+        _atomic_write(self.upstream_path, render_upstream_conf(s, members, 1))
         await self._check_config()
         self._identity = await bp.spawn_until_ready(
             LaunchCommand(argv=self._argv()), self.prefix / "stderr.log",

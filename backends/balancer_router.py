@@ -22,7 +22,7 @@ import asyncio
 import builtins
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,11 @@ class RouterSettings:
     """Total attempts per request (not retries after the first)."""
     shutdown_grace_s: int = 10
     """Router's own wait for in-flight requests after SIGTERM."""
+    worker_startup_timeout_s: int = 10
+    """How long the router's own registration job retries a `start(workers=…)` URL
+    that does not answer (0.3.2 opens its port at once and registers these in the
+    background; it does not wait for them)."""
+    worker_startup_check_interval_s: int = 1
     start_timeout_s: float = 30.0
     api_timeout_s: float = 5.0
     python: str = sys.executable
@@ -80,8 +85,8 @@ class RouterSettings:
         """Client-facing base URL."""
         return f"http://{self.host}:{self.port}"
 
-    def launch(self) -> LaunchCommand:
-        """The router's argv and environment."""
+    def launch(self, worker_urls: Sequence[str] = ()) -> LaunchCommand:
+        """The router's argv and environment; `worker_urls` are registered at start-up."""
         argv: tuple[str, ...] = (
             self.python, "-m", "sglang_router.launch_router",
             "--host", self.host, "--port", str(self.port),
@@ -96,7 +101,11 @@ class RouterSettings:
             "--cb-timeout-duration-secs", str(self.cb_timeout_s),
             "--retry-max-retries", str(self.retry_max_retries),
             "--shutdown-grace-period-secs", str(self.shutdown_grace_s),
+            "--worker-startup-timeout-secs", str(self.worker_startup_timeout_s),
+            "--worker-startup-check-interval", str(self.worker_startup_check_interval_s),
         )
+        if worker_urls:
+            argv += ("--worker-urls", *(normalize_url(u) for u in worker_urls))
         if self.duration_buckets_s:
             argv += ("--prometheus-duration-buckets", *(f"{b:g}" for b in self.duration_buckets_s))
         # The router fetches each worker's tokenizer from the HF hub at registration;
@@ -151,8 +160,17 @@ class SglangRouter:
                                 f"{settings.url}/liveness")
         return router
 
-    async def start(self) -> None:
-        """Spawn the router detached (own session) and wait until it answers."""
+    async def start(self, workers: Sequence[str] = ()) -> None:
+        """Spawn the router detached (own session) and wait until it answers.
+
+        `workers` (URLs of workers that need no API key) go on ``--worker-urls``: the
+        router registers them by itself right after it opens its port (~1 s each, in
+        parallel: its registration probes the worker's ``/health``), with no
+        ``POST /workers`` round trips. `start` does not wait for them; `list` shows
+        them once registered. ``--worker-urls`` cannot carry a per-worker key (the
+        router's ``--api-key`` would also lock clients out), so keyed workers must be
+        added with `add`.
+        """
         if self._identity is not None and bp.alive(self._identity):
             raise BalancerError("sglang-router already started by this object")
         s = self.settings
@@ -161,7 +179,7 @@ class SglangRouter:
                 raise BalancerError(f"port {s.host}:{port} is already in use")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._identity = await bp.spawn_until_ready(
-            s.launch(), self.log_path, self._live, timeout_s=s.start_timeout_s,
+            s.launch(workers), self.log_path, self._live, timeout_s=s.start_timeout_s,
             what="sglang-router", cwd=self.state_dir, listen=(s.host, s.port))
 
     async def stop(self) -> None:
