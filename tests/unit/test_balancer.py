@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backends.balancer import BalancerError, RoutedWorker, drain_with, normalize_url
-from backends.balancer_router import RouterSettings
+from backends.balancer_router import LAUNCH_CODE, RouterSettings
 
 
 class FakeClock:
@@ -122,7 +122,8 @@ def test_router_launch_uses_tuned_flags_loopback_and_offline_hub() -> None:
     s = RouterSettings(port=18000, prometheus_port=18090, request_timeout_s=45)
     cmd = s.launch()
     argv = list(cmd.argv)
-    assert argv[1:3] == ["-m", "sglang_router.launch_router"]
+    assert argv[1:3] == ["-c", LAUNCH_CODE]
+    assert "mini_lb" not in LAUNCH_CODE and "launch_router" not in LAUNCH_CODE
 
     def flag(name: str) -> str:
         return argv[argv.index(name) + 1]
