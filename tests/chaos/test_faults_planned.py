@@ -23,7 +23,16 @@ import psutil
 import pytest
 
 from backends import procs
-from tests.chaos.fleet import ROUTED, Fleet, Load, StatusSampler, report, row, summary
+from tests.chaos.fleet import (
+    MODEL,
+    ROUTED,
+    Fleet,
+    Load,
+    StatusSampler,
+    report,
+    row,
+    summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -241,11 +250,28 @@ def test_f14_failed_retune_rolls_back(fleet: Fleet) -> None:
 # ---------------------------------------------------------------------------- F10
 
 
+def _first_ok_after(url: str, t0: float, timeout_s: float = 30.0) -> float | None:
+    """Seconds from `t0` until the balancer at `url` first answers an embedding 200
+    (one request every 20 ms, each bounded), or None within `timeout_s`."""
+    import httpx
+
+    with httpx.Client(timeout=2.0) as c:
+        while time.monotonic() - t0 < timeout_s:
+            with contextlib.suppress(httpx.HTTPError):
+                if c.post(url + "/v1/embeddings",
+                          json={"model": MODEL, "input": "f10 probe"}).status_code == 200:
+                    return time.monotonic() - t0
+            time.sleep(0.02)
+    return None
+
+
 def test_f10_router_killed_is_restarted_workers_untouched(fleet: Fleet) -> None:
-    """F10: SIGKILL the sglang-router under load: the supervisor starts a new one and
-    registers the workers again, without touching them. Client errors during the
-    outage are expected (no held listening socket) and reported; afterwards every
-    request succeeds and reaches all workers."""
+    """F10: SIGKILL the sglang-router under load: the supervisor sees the process gone
+    within its 0.2 s poll and starts a new router with the routed workers on
+    ``--worker-urls`` (registered by the router itself), without touching them. Client
+    errors during the outage are expected (no held listening socket: refused until the
+    port opens, then 503 until the ~1 s registration probe of each worker is done) and
+    reported; afterwards every request succeeds and reaches all workers."""
     before = _pids(fleet.status())
     old_router = _router_pid(fleet)
     assert old_router is not None
@@ -253,6 +279,7 @@ def test_f10_router_killed_is_restarted_workers_untouched(fleet: Fleet) -> None:
         time.sleep(1.0)
         t_fault = time.monotonic()
         os.kill(old_router, signal.SIGKILL)
+        lb_back = _first_ok_after(fleet.router_url, t_fault)
 
         def back(snap: dict[str, Any]) -> bool:
             pid = _router_pid(fleet)
@@ -275,14 +302,22 @@ def test_f10_router_killed_is_restarted_workers_untouched(fleet: Fleet) -> None:
     after = _pids(fleet.status())
     msgs = [e["message"] for e in fleet.events() if e["kind"] == "balancer"][:6]
     report("F10 router kill", detection_s=None if down is None else round(down - t_fault, 2),
+           lb_serving_s=None if lb_back is None else round(lb_back, 2),
            router_back_s=round(t_back - t_fault, 2), new_router=_router_pid(fleet),
            outage_load=summary(report_), after_load=summary(after_report),
            per_worker_after=per_worker, events=msgs)
     assert after == before, (before, after)  # workers untouched
-    assert t_back - t_fault < 10.0  # target 1 s (needs a held listening socket)
+    # measured on a 2-core box: detection ~0.1 s, serving again ~1.7-2 s (router start
+    # ~0.6 s + its registration probe ~1 s), all routed in the status ~2.4 s; target
+    # 1 s needs a held listening socket. Bounds leave room for a loaded machine.
+    assert down is not None and down - t_fault < 1.5, down
+    assert lb_back is not None and lb_back < 6.0, lb_back
+    assert t_back - t_fault < 8.0
+    assert report_.error_total <= 30 * 6, summary(report_)
     assert after_report.error_total == 0, summary(after_report)
     assert all(v > 0 for v in per_worker.values()), per_worker
     assert any("restarting it" in m for m in msgs), msgs
+    assert any("restarted with 3 workers at start-up" in m for m in msgs), msgs
 
 
 # ---------------------------------------------------------------------------- F15
