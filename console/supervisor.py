@@ -591,8 +591,12 @@ class Supervisor:
             return
         if not result.ok and (w.last_probe is None or w.lifecycle.last_probe_ok is not False):
             self._event("probe", w.name, f"probe failed: {result.error}")
+        # A worker that answers (an HTTP error, a bad vector) is broken, not hung: it stays
+        # ejected and alerts (worker_down, error rules); the hang rule restarts only a
+        # worker that stopped answering while nothing completes.
+        answered = result.status is not None
         await self._apply(w, w.lifecycle.observe_probe(now, result.ok, latency_s=result.latency_s,
-                                                       progressing=progressed))
+                                                       progressing=progressed or answered))
 
     async def _scrape_loop(self) -> None:
         while True:
