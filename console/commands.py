@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from backends import procs
 from console import config as fleet_config
 from console.control import ControlError, SupervisorNotRunning, SyncControlClient
 from console.statedir import ENV_STATE_DIR, StateDir
@@ -207,6 +208,9 @@ def _run_down(args: argparse.Namespace) -> int:
     stop = not args.keep_workers
     try:
         with SyncControlClient(sd.socket_path, timeout=CLIENT_TIMEOUT_S) as client:
+            pid = client.get("/v1/status")["supervisor"]["pid"]
+            # pinned before it is asked to go: `down` returns once that process is gone
+            supervisor = procs.identify(pid) if isinstance(pid, int) else None
             client.post("/v1/shutdown", json={"stop_workers": stop})
     except SupervisorNotRunning:
         print("embedops: no supervisor is running for this fleet", file=sys.stderr)
@@ -214,9 +218,9 @@ def _run_down(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + DOWN_TIMEOUT_S
     from console.daemon import supervisor_answers
 
-    while supervisor_answers(sd):
+    while supervisor_answers(sd) or (supervisor is not None and procs.verify(supervisor)):
         if time.monotonic() > deadline:
-            print(f"embedops: the supervisor still answers after {DOWN_TIMEOUT_S:g} s; "
+            print(f"embedops: the supervisor still runs after {DOWN_TIMEOUT_S:g} s; "
                   f"see {sd.supervisor_log}", file=sys.stderr)
             return 1
         time.sleep(0.2)
