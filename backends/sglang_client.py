@@ -21,7 +21,7 @@ import errno
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -480,9 +480,11 @@ class SglangClient:
                               status=resp.status_code)
         return resp.content.decode("utf-8", "replace")
 
-    async def metrics(self, *, timeout_s: float | None = None) -> MetricsSnapshot:
-        """``/metrics`` parsed into a `MetricsSnapshot`."""
-        return parse_metrics(await self.metrics_text(timeout_s=timeout_s))
+    async def metrics(self, *, timeout_s: float | None = None,
+                      families: Iterable[str] | None = None) -> MetricsSnapshot:
+        """``/metrics`` parsed into a `MetricsSnapshot`; with `families`, only the samples
+        of those metric families (`parse_metrics`: the other lines are skipped unparsed)."""
+        return parse_metrics(await self.metrics_text(timeout_s=timeout_s), families=families)
 
     async def _check(self, path: str, timeout_s: float | None) -> HttpCheck:
         timeout = self.timeout_s if timeout_s is None else timeout_s

@@ -34,6 +34,10 @@ REQUESTS = "sglang:num_requests_total"
 RUNNING = "sglang:num_running_reqs"
 QUEUED = "sglang:num_queue_reqs"
 RESPONSES = "sglang:http_responses_total"
+SCRAPED_FAMILIES = frozenset({E2E, REQUESTS, RUNNING, QUEUED, RESPONSES})
+"""Every metric family `WorkerRuntime.fold_metrics` reads (and so the stale detector,
+drain progress and the error share): the supervisor's scrapes parse only these
+(`backends.promtext.parse_metrics` ``families``)."""
 CONTROL_ENDPOINTS = ("/health", "/metrics", "/model_info", "/get_model_info", "/server_info",
                      "/get_server_info", "/v1/models", "/ping", "/ready", "/v1/loads",
                      "/get_load", "/_sim/")
