@@ -44,7 +44,7 @@ from console.config import FleetConfig
 from console.lifecycle import ActionKind, Decision, IllegalTransition, WorkerLifecycle
 from console.model import Engine, Event, LaunchCommand, WorkerSpec, WorkerState
 from console.policy import BackoffPolicy, CrashLoopPolicy, LifecyclePolicy, probe_timeout_s
-from console.runtime import ActionProgress, WorkerRuntime
+from console.runtime import SCRAPED_FAMILIES, ActionProgress, WorkerRuntime
 from console.statedir import StateDir
 from console.stats import HistogramWindow
 
@@ -615,7 +615,8 @@ class Supervisor:
 
     async def _scrape(self, w: WorkerRuntime) -> None:
         try:
-            metrics = await self._clients[w.name].metrics(timeout_s=2.0)
+            metrics = await self._clients[w.name].metrics(timeout_s=2.0,
+                                                          families=SCRAPED_FAMILIES)
         except Exception:  # noqa: BLE001 - missing data is its own alert
             return
         now = self.clock()
@@ -634,8 +635,8 @@ class Supervisor:
             return
         try:
             r = await self._http.get(url, timeout=2.0)
-            hist = parse_metrics(r.text, content_type=r.headers.get("content-type")).histogram(
-                ROUTER_DURATION)
+            hist = parse_metrics(r.text, content_type=r.headers.get("content-type"),
+                                 families=(ROUTER_DURATION,)).histogram(ROUTER_DURATION)
         except Exception:  # noqa: BLE001 - the fleet P95 falls back to the workers'
             return
         if hist is not None:
