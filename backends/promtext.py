@@ -310,14 +310,13 @@ def _fast_text_families(text: str, want: _Wanted | None = None) -> list[Any]:
             allowed = tuple(name + sfx for sfx in _ALLOWED.get(fam.type, ("",)))
             kept = want is None or want.any_of(allowed)
             continue
-        if not kept or fam is None:
-            # Outside a kept family only a sample of a wanted name is kept (as its own
-            # untyped family, or in a skipped family: never). A line that cannot name
-            # one is dropped unparsed; leaving a skipped family open past it changes
-            # nothing kept (its names are all unwanted).
-            if want is not None and not (
-                    line.replace(":", "_") if fold_lines else line).startswith(prefixes):
-                continue
+        # Outside a kept family only a sample of a wanted name is kept (as its own
+        # untyped family, or in a skipped family: never). A line that cannot name one is
+        # dropped unparsed; leaving a skipped family open past it changes nothing kept
+        # (its names are all unwanted).
+        if (want is not None and (not kept or fam is None) and not (
+                line.replace(":", "_") if fold_lines else line).startswith(prefixes)):
+            continue
         m = _SAMPLE_RE.fullmatch(line)
         if m is None:
             raise _Fallback
@@ -347,7 +346,7 @@ class _Wanted:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"families: metric family names expected, got {name!r}")
             key = _fold(name)
-            keys.add(key[: -len("_total")] if key.endswith("_total") else key)
+            keys.add(key.removesuffix("_total"))
         self.names = frozenset(k + sfx for k in keys for sfx in ("", *_SUFFIXES))
         self.prefixes = tuple(sorted(keys))
         self._any: dict[tuple[str, ...], bool] = {}

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as openmetrics_latest,
+)
 
 from backends.promtext import MetricsParseError, MetricsSnapshot, parse_metrics
 from console.runtime import E2E, QUEUED, REQUESTS, RESPONSES, RUNNING, SCRAPED_FAMILIES
@@ -57,7 +59,7 @@ skipped_hist_sum 0.5
 
 
 def _by_name(snap: MetricsSnapshot) -> dict[str, list[Any]]:
-    return snap._by_name  # noqa: SLF001 - the index every lookup reads
+    return snap._by_name  # the index every lookup reads
 
 
 def canon(snap: MetricsSnapshot, names: set[str]) -> list[tuple[Any, ...]]:
