@@ -56,6 +56,11 @@ from console.statedir import resolve_state_dir, validate_name
 
 ENV_CONFIG = "EMBEDOPS_CONFIG"
 DEFAULT_CONFIG = "fleet.toml"
+LEAK_HORIZON_S = 3600.0
+"""`console.stats.LeakTrend`'s fit window, trend seconds (`MetricsConfig.gpu_sample_s`)."""
+LEAK_WINDOW_SAMPLES = 30
+"""GPU samples a compressed trend clock keeps in that window at least (`LeakTrend` needs
+20: its ``min_samples``)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -395,6 +400,24 @@ class MetricsConfig:
     as the hours-long trend it stands for (slope per trend second = real slope / scale;
     the projected time until the card is full, and the leak rule's threshold, are in trend
     time). Every other timer (probes, ``for``, backoff) keeps real time. Real fleets: 1."""
+    scrape_interval_s: float = _field(2.0, gt=0)
+    """Seconds between two scrapes of every worker's ``/metrics`` (and sglang-router's):
+    queue, running requests, latency histogram, request and error counters. Probes stay
+    every `ProbeConfig.interval_s` and remain the liveness signal; a draining worker is
+    scraped every 0.2 s regardless. Above `ProbeConfig.timeout_floor_s` the hang rule
+    may miss a slow worker's progress between two failed probes (a warning)."""
+    gpu_interval_s: float = _field(2.0, gt=0)
+    """Seconds between two GPU samples (NVML, or the sim's card files) and host-memory
+    samples of every worker's process group: GPU memory, utilisation, temperature and
+    the memory-leak trends. With a compressed `trend_time_scale` the supervisor samples
+    more often when this is too slow for the leak trend (`gpu_sample_s`)."""
+
+    def gpu_sample_s(self) -> float:
+        """The GPU sampling period used: `gpu_interval_s`, shortened on a compressed trend
+        clock so the leak trend's 1 h window (``LEAK_HORIZON_S / trend_time_scale`` real
+        seconds) holds `LEAK_WINDOW_SAMPLES` samples (scale 120: every 1 s)."""
+        return min(self.gpu_interval_s,
+                   LEAK_HORIZON_S / self.trend_time_scale / LEAK_WINDOW_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -1232,6 +1255,16 @@ class _Validator:
                 "metrics.trend_time_scale", "engine"):
             self.problem("metrics.trend_time_scale", f"{scale:g}: a compressed trend clock "
                          "is for simulated fleets only (engine = \"sim\"); real fleets use 1")
+        self._check_intervals(cfg)
+
+    def _check_intervals(self, cfg: FleetConfig) -> None:
+        scrape_s, floor_s = cfg.metrics.scrape_interval_s, cfg.probe.timeout_floor_s
+        if scrape_s > floor_s and not self.bad("metrics.scrape_interval_s",
+                                               "probe.timeout_floor_s"):
+            self.warn("metrics.scrape_interval_s", (
+                f"{scrape_s:g} s is longer than probe.timeout_floor_s ({floor_s:g} s): the hang "
+                "rule may not see a slow worker's completions between two failed probes and "
+                "restart it as hung"))
 
     def _check_buckets(self, cfg: FleetConfig) -> None:
         path = "metrics.e2e_latency_buckets_s"
