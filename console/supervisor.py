@@ -52,8 +52,6 @@ log = logging.getLogger("embedops.supervisor")
 
 VERSION = "0.1.0"
 EXIT_POLL_S = 0.1
-SCRAPE_S = 1.0
-GPU_S = 1.0
 TICK_S = 0.2
 BALANCER_POLL_S = 0.2
 ROUTER_DURATION = "smg_router_request_duration_seconds"
@@ -611,7 +609,7 @@ class Supervisor:
             for w in targets:
                 w.record_series(now, wall)
             draining = any(w.state is S.DRAINING for w in self.workers.values())
-            await asyncio.sleep(0.2 if draining else SCRAPE_S)
+            await asyncio.sleep(0.2 if draining else self.cfg.metrics.scrape_interval_s)
 
     async def _scrape(self, w: WorkerRuntime) -> None:
         try:
@@ -660,7 +658,7 @@ class Supervisor:
             for w in self._all_runtimes():
                 w.trend_scale = self.cfg.metrics.trend_time_scale
                 w.fold_host(now, host.rss_mib.get(w.name), host.available_mib)
-            await asyncio.sleep(GPU_S)
+            await asyncio.sleep(self.cfg.metrics.gpu_sample_s())
 
     def _fold_gpu(self, sample: GpuSample, groups: dict[str, set[int]]) -> None:
         trees = {w.name: groups.get(w.name, set()) | {w.identity.pid}
@@ -690,10 +688,17 @@ class Supervisor:
             await asyncio.sleep(TICK_S)
 
     async def _evaluate_alerts(self, now: float) -> None:
+        stale_after_s = self._stale_after_s()
         facts: dict[str, WorkerFacts] = {
-            w.name: w.facts(now, stale_after_s=10.0) for w in self._all_runtimes()}
+            w.name: w.facts(now, stale_after_s=stale_after_s) for w in self._all_runtimes()}
         for tr in self.alerts.evaluate(now, facts):
             self._on_alert(tr)
+
+    def _stale_after_s(self) -> float:
+        """Age after which scraped or sampled data counts as missing ("no data"): 10 s,
+        or three scrape / GPU periods when those are longer."""
+        m = self.cfg.metrics
+        return max(10.0, 3.0 * m.scrape_interval_s, 3.0 * m.gpu_sample_s())
 
     def _on_alert(self, tr: AlertTransition) -> None:
         a = tr.alert
