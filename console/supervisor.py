@@ -311,6 +311,12 @@ class Supervisor:
             await asyncio.gather(*(self._stop_worker_for_good(w) for w in self.workers.values()),
                                  return_exceptions=True)
             if self.balancer is not None:
+                # the watcher first: a balancer restart racing this stop would leak one
+                for task in self._tasks:
+                    if task.get_name() == "balancer":
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
                 await self.balancer.stop()
             self.audit.record("down", worker=None, caller_uid=caller_uid, outcome="ok",
                               duration_s=time.monotonic() - t0)
@@ -735,7 +741,10 @@ class Supervisor:
             self.balancer_healthy = healthy
             if healthy:
                 await self._refresh_routed()
-            if not healthy and ident is not None and (gone or not procs.is_running(ident)):
+            # never during a shutdown: `down` stops the balancer itself while this loop
+            # still runs, and a replacement started then would outlive the supervisor
+            if (not healthy and ident is not None and not self.stopping
+                    and (gone or not procs.is_running(ident))):
                 await self._restart_balancer()
 
     async def _restart_balancer(self) -> None:
