@@ -192,7 +192,8 @@ def test_deadline_errors_counted_as_timeout(srv):
     assert report.sent == 6 and report.ok == 0
     assert report.errors["timeout"] == 6
     assert report.error_total == 6
-    assert report.latency_all_ms["p50"] >= 500
+    # the deadline timer may fire a fraction of a millisecond early (seen: 499.9 ms)
+    assert report.latency_all_ms["p50"] >= 495
     assert took < 0.25 + 0.5 + 3.0  # bounded by the deadline, not the hang
 
 
