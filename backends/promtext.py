@@ -421,11 +421,11 @@ def parse_metrics(text: str, *, content_type: str | None = None,
         if fam.type != "unknown":
             declared[_fold(fam.name)] = fam.type
     if want is not None:  # what the fast parser did not already drop (fallback parses)
-        families = [fam for fam in families_ if not getattr(fam, "skipped", False) and (
+        kept = [fam for fam in families_ if not getattr(fam, "skipped", False) and (
             any(want.accepts(s.name) for s in fam.samples)
             or (not fam.samples and want.accepts(fam.name)))]
     else:
-        families = families_
+        kept = families_
 
     def kind_of(fam_type: str, sample_name: str) -> str:
         if fam_type != "unknown":
@@ -443,11 +443,11 @@ def parse_metrics(text: str, *, content_type: str | None = None,
     samples = [
         Sample(name=s.name, labels=dict(s.labels), value=float(s.value),
                kind=kind_of(fam.type, s.name))
-        for fam in families
+        for fam in kept
         for s in fam.samples
         if want is None or want.accepts(s.name)
     ]
-    type_names = {fam.name: fam.type for fam in families if fam.type != "unknown" or fam.samples}
+    type_names = {fam.name: fam.type for fam in kept if fam.type != "unknown" or fam.samples}
     return MetricsSnapshot(samples, type_names)
 
 

@@ -622,10 +622,10 @@ COMMANDS: list[Command] = [
      _add_validate, _run_validate),
     ("logs", "print (or follow) a worker's log", _add_logs, _run_logs),
     ("silence", "silence an alert for a while", _add_silence, _run_silence),
-    ("bench", "open-loop load on the fleet's balancer (or --url): latency, throughput, "
-              "the balancer's added latency (--direct)", _add_bench, _run_bench),
-    ("drill", "inject a fault (kill, hang, stall, errors, drain, rollout, leak) under load and "
-              "measure detection, ejection and recovery (--sim: on a throwaway fleet)",
+    ("bench", ("open-loop load on the fleet's balancer (or --url): latency, throughput, "
+               "the balancer's added latency (--direct)"), _add_bench, _run_bench),
+    ("drill", ("inject a fault (kill, hang, stall, errors, drain, rollout, leak) under load "
+               "and measure detection, ejection and recovery (--sim: on a throwaway fleet)"),
      _add_drill, _run_drill),
 ]
 """(name, help, add_arguments, run) of every fleet subcommand."""

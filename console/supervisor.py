@@ -20,8 +20,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,18 @@ from backends.promtext import parse_metrics
 from backends.sglang import effect_warnings, mask_argv
 from backends.sglang_client import SglangClient
 from console import hostmem
-from console.alerts import AlertEngine, AlertSettings, AlertTransition, WorkerFacts
 from console.alert_rules import rules_from_config
+from console.alerts import AlertEngine, AlertSettings, AlertTransition, WorkerFacts
 from console.audit import AuditLog
 from console.config import FleetConfig
 from console.lifecycle import ActionKind, Decision, IllegalTransition, WorkerLifecycle
 from console.model import Engine, Event, LaunchCommand, WorkerSpec, WorkerState
-from console.policy import BackoffPolicy, CrashLoopPolicy, LifecyclePolicy, probe_timeout_s
+from console.policy import (
+    BackoffPolicy,
+    CrashLoopPolicy,
+    LifecyclePolicy,
+    probe_timeout_s,
+)
 from console.runtime import SCRAPED_FAMILIES, ActionProgress, WorkerRuntime
 from console.statedir import StateDir
 from console.stats import HistogramWindow
@@ -994,7 +998,9 @@ class Supervisor:
         Raises `ActionError` (404 unknown worker, 409 another action is running) before
         anything changes.
         """
-        from console import actions  # the action bodies live beside, to keep this file lean
+        from console import (
+            actions,  # the action bodies live beside, to keep this file lean
+        )
 
         body = actions.ACTIONS.get(action)
         if body is None:
@@ -1025,7 +1031,7 @@ class Supervisor:
                 refusal = (exc.status, exc.code)
             except IllegalTransition as exc:
                 outcome, message = "refused", str(exc)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller and the audit log
+            except Exception as exc:
                 log.exception("action %s failed", action)
                 outcome, message = "failed", f"{type(exc).__name__}: {exc}"
             finally:
