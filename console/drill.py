@@ -40,7 +40,6 @@ met, 1 otherwise or when the drill could not run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -57,7 +56,7 @@ from typing import Any
 import httpx
 
 from backends import procs
-from backends.sim.loadgen import LoadGen, LoadReport, LoadSpec
+from backends.sim.loadgen import BackgroundLoad, LoadReport, LoadSpec
 from console.control import SyncControlClient
 from console.statedir import StateDir
 
@@ -135,33 +134,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ load
 
 
-class _Load:
-    """Open-loop load on its own thread and event loop."""
+class _Load(BackgroundLoad):
+    """The drill's load: a failure of the generator is a `DrillError`."""
 
-    def __init__(self, spec: LoadSpec) -> None:
-        self.gen = LoadGen(spec)
-        self.report: LoadReport | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="drill-load", daemon=True)
-
-    def _run(self) -> None:
+    def stop(self, timeout_s: float = 60.0) -> LoadReport:
         try:
-            self.report = asyncio.run(self.gen.run())
-        except BaseException as exc:  # noqa: BLE001 - re-raised by stop()
-            self._error = exc
-
-    def start(self) -> _Load:
-        self._thread.start()
-        return self
-
-    def stop(self) -> LoadReport:
-        self.gen.stop()
-        self._thread.join(60.0)
-        if self._error is not None:
-            raise DrillError(f"the load generator failed: {self._error!r}")
-        if self.report is None:
-            raise DrillError("the load generator did not finish")
-        return self.report
+            return super().stop(timeout_s)
+        except Exception as exc:
+            raise DrillError(f"the load generator failed: {exc!r}") from exc
 
 
 def load_figures(report: LoadReport) -> dict[str, Any]:

@@ -21,6 +21,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+MINIMAL_SIM_FLEET = """\
+name = "t"
+engine = "sim"
+
+[model]
+path = "m"
+
+[defaults]
+mem_fraction_static = 0.4
+
+[[workers]]
+name = "a"
+gpu = 0
+port = 31001
+"""
+"""The smallest valid fleet file (one sim worker) for config-level tests to extend."""
 
 
 def free_port() -> int:

@@ -26,11 +26,12 @@ import os
 import random
 import signal
 import sys
+import threading
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -127,8 +128,7 @@ class _Reservoir:
 
     def add(self, x: float) -> None:
         self.seen += 1
-        if x > self.max:
-            self.max = x
+        self.max = max(self.max, x)
         if len(self.values) < self.cap:
             self.values.append(x)
         else:
@@ -545,8 +545,7 @@ class LoadGen:
         deadline = due + spec.deadline_s
         self.sent += 1
         self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         kind = "other"
         detail = ""
         attempt = 0
@@ -693,6 +692,47 @@ def run_load(spec: LoadSpec, *, on_progress: Callable[[LiveStats], None] | None 
             return asyncio.run(go())
         return uvloop.run(go())
     return asyncio.run(go())
+
+
+class BackgroundLoad:
+    """A `LoadGen` run on its own thread and event loop, for synchronous callers (drills,
+    tests) that block or drive other work while the load runs. A context manager."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.gen = LoadGen(spec)
+        self.report: LoadReport | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.report = asyncio.run(self.gen.run())
+        except BaseException as exc:  # noqa: BLE001 - re-raised by stop()
+            self._error = exc
+
+    def start(self) -> Self:
+        """Begin sending."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> LoadReport:
+        """Stop sending, wait for in-flight requests, return the report; re-raises what
+        ended the generator, RuntimeError if it did not finish within `timeout_s`."""
+        self.gen.stop()
+        self._thread.join(timeout_s)
+        if self._error is not None:
+            raise self._error
+        if self.report is None:
+            raise RuntimeError("the load generator did not finish")
+        return self.report
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self.stop()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -34,7 +34,7 @@ import psutil
 
 from backends import procs
 from backends.promtext import MetricsSnapshot, parse_metrics
-from backends.sim.loadgen import LoadGen, LoadReport, LoadSpec
+from backends.sim.loadgen import BackgroundLoad, LoadReport, LoadSpec
 from console import config as fleet_config
 from console.control import ControlError, SupervisorNotRunning, SyncControlClient
 from console.statedir import StateDir
@@ -370,45 +370,14 @@ class Fleet:
 # ---------------------------------------------------------------------- load and sampling
 
 
-class Load:
-    """Open-loop load against the router on its own thread and event loop."""
+class Load(BackgroundLoad):
+    """Open-loop load against the router (the fleet's model and dimension checked)."""
 
     def __init__(self, url: str, *, rate: float = 40.0, deadline_s: float = 10.0,
                  duration_s: float | None = None) -> None:
-        self.spec = LoadSpec(url=url, rate=rate, model=MODEL, deadline_s=deadline_s,
-                             duration_s=duration_s, dimension=DIMENSION, vary_text=True,
-                             max_connections=64)
-        self.gen = LoadGen(self.spec)
-        self.report: LoadReport | None = None
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
-        self._error: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            self.report = asyncio.run(self.gen.run())
-        except BaseException as exc:  # noqa: BLE001
-            self._error = exc
-
-    def start(self) -> Load:
-        """Begin sending."""
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 30.0) -> LoadReport:
-        """Stop sending, wait for in-flight requests, return the report."""
-        self.gen.stop()
-        self._thread.join(timeout_s)
-        if self._error is not None:
-            raise self._error
-        assert self.report is not None, "load generator did not finish"
-        return self.report
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive():
-            self.stop()
+        super().__init__(LoadSpec(url=url, rate=rate, model=MODEL, deadline_s=deadline_s,
+                                  duration_s=duration_s, dimension=DIMENSION, vary_text=True,
+                                  max_connections=64))
 
 
 def summary(report: LoadReport) -> dict[str, Any]:
@@ -419,8 +388,30 @@ def summary(report: LoadReport) -> dict[str, Any]:
             "max_ms": report.latency_ms.get("max"), "samples": report.error_samples}
 
 
+class BackgroundPoller:
+    """A context manager running `_run` on a daemon thread until exit; subclasses (data
+    classes) provide `_run`, `_stop` (an Event `_run` watches) and `_thread`."""
+
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__,
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+
 @dataclass
-class StatusSampler:
+class StatusSampler(BackgroundPoller):
     """Polls `/v1/status` on a thread; keeps (monotonic time, snapshot) pairs."""
 
     fleet: Fleet
@@ -435,16 +426,6 @@ class StatusSampler:
                 with contextlib.suppress(Exception):
                     self.samples.append((time.monotonic(), c.get("/v1/status")))
                 self._stop.wait(self.every_s)
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(15)
 
     def first(self, cond: Callable[[dict[str, Any]], bool], after: float = 0.0) -> float | None:
         """Monotonic time of the first sample at or after `after` satisfying `cond`."""
@@ -481,5 +462,5 @@ def running_fleet(root: Path, workers: Iterable[WorkerDef] | int = 3, *, start: 
         fleet.close()
 
 
-__all__ = ["DIMENSION", "MODEL", "Fleet", "Load", "StatusSampler", "WorkerDef", "fleet_toml",
+__all__ = ["DIMENSION", "MODEL", "BackgroundPoller", "Fleet", "Load", "StatusSampler", "WorkerDef", "fleet_toml",
            "report", "row", "running_fleet", "summary"]

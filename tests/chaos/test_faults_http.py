@@ -23,7 +23,16 @@ from collections.abc import Iterator
 import pytest
 
 from backends.promtext import MetricsSnapshot
-from tests.chaos.fleet import ROUTED, Fleet, Load, StatusSampler, report, row, summary
+from tests.chaos.fleet import (
+    ROUTED,
+    Fleet,
+    Load,
+    StatusSampler,
+    report,
+    row,
+    running_fleet,
+    summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +41,8 @@ NAMES = ("w1", "w2", "w3")
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("faults-http"), 3)
-    try:
-        f.start()
+    with running_fleet(tmp_path_factory.mktemp("faults-http"), 3) as f:
         yield f
-    finally:
-        f.close()
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 import psutil
 import pytest
@@ -26,11 +26,13 @@ from backends import procs
 from tests.chaos.fleet import (
     MODEL,
     ROUTED,
+    BackgroundPoller,
     Fleet,
     Load,
     StatusSampler,
     report,
     row,
+    running_fleet,
     summary,
 )
 
@@ -43,12 +45,8 @@ NAMES = ("w1", "w2", "w3")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     # stop grace 1 s: a sim (like SGLang) looks at SIGTERM only every 5 s; after a drain
     # nothing is in flight, so the escalation to SIGKILL loses nothing and saves time
-    f = Fleet(tmp_path_factory.mktemp("faults-planned"), 3, stop_grace_s=1.0)
-    try:
-        f.start()
+    with running_fleet(tmp_path_factory.mktemp("faults-planned"), 3, stop_grace_s=1.0) as f:
         yield f
-    finally:
-        f.close()
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +64,7 @@ def _router_pid(fleet: Fleet) -> int | None:
 
 
 @dataclass
-class CounterPoller:
+class CounterPoller(BackgroundPoller):
     """Polls, every `every_s`, how many requests the router sent to a worker (its
     circuit-breaker outcome counter) and how many the worker itself processed
     (``sglang:num_requests_total``, probes included). Keeps (wall time, router, worker)."""
@@ -91,16 +89,6 @@ class CounterPoller:
                 served = self.fleet.worker_metrics(self.name).value("sglang:num_requests_total")
             self.samples.append((time.time(), routed, served))
             self._stop.wait(self.every_s)
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._run, name="counters", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(15)
 
     def at(self, wall: float) -> tuple[float, float | None, float | None]:
         """The first sample taken at or after `wall` (else the last one)."""

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.chaos.fleet import ROUTED, Fleet, Load, StatusSampler, row, summary
+from tests.chaos.fleet import (
+    ROUTED,
+    Fleet,
+    Load,
+    StatusSampler,
+    row,
+    running_fleet,
+    summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +34,8 @@ NAMES = ("w1", "w2", "w3")
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("faults-process"), 3)
-    try:
-        f.start()
+    with running_fleet(tmp_path_factory.mktemp("faults-process"), 3) as f:
         yield f
-    finally:
-        f.close()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.chaos.fleet import Fleet, Load, WorkerDef, row, summary
+from tests.chaos.fleet import Fleet, Load, WorkerDef, row, running_fleet, summary
 
 FOR_S = 2.0
 ERROR_SHARE = 0.15  # of embedding requests; three failed probes in a row stay unlikely
@@ -34,13 +34,9 @@ remediation = "drain"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("alert-facts"), [WorkerDef("w1", gpu=0),
-                                                        WorkerDef("w2", gpu=1)], extra=RULES)
-    try:
-        f.start()
+    workers = [WorkerDef("w1", gpu=0), WorkerDef("w2", gpu=1)]
+    with running_fleet(tmp_path_factory.mktemp("alert-facts"), workers, extra=RULES) as f:
         yield f
-    finally:
-        f.close()
 
 
 def test_error_rate_rule_fires_and_drain_remediation_keeps_the_worker_alive(

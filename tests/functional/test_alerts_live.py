@@ -24,7 +24,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.chaos.fleet import ROUTED, Fleet, Load, WorkerDef, row, summary
+from tests.chaos.fleet import (
+    ROUTED,
+    Fleet,
+    Load,
+    WorkerDef,
+    row,
+    running_fleet,
+    summary,
+)
 from tests.conftest import free_port
 
 SCALE = 120.0
@@ -60,14 +68,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     port = free_port()
     workers = [WorkerDef("w1", gpu=0, mem_fraction_static=0.9), WorkerDef("w2", gpu=1),
                WorkerDef("w3", gpu=2)]
-    f = Fleet(tmp_path_factory.mktemp("alerts-live"), workers, gpus=3, request_timeout_s=3.0,
-              extra=ALERTS_TOML + f"\n[exporter]\nport = {port}\n")
-    f.exporter_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
-    try:
+    with running_fleet(tmp_path_factory.mktemp("alerts-live"), workers, start=False, gpus=3,
+                       request_timeout_s=3.0,
+                       extra=ALERTS_TOML + f"\n[exporter]\nport = {port}\n") as f:
+        f.exporter_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
         f.start()
         yield f
-    finally:
-        f.close()
 
 
 def scrape(fleet: Fleet) -> dict[str, list[Any]]:

@@ -16,22 +16,9 @@ from console.config import ConfigError, load_config
 from console.model import AlertState as A
 from console.model import WorkerState as S
 from console.stats import CumulativeHistogram, histogram_quantile
+from tests.conftest import MINIMAL_SIM_FLEET
 
-BASE = """\
-name = "t"
-engine = "sim"
-
-[model]
-path = "m"
-
-[defaults]
-mem_fraction_static = 0.4
-
-[[workers]]
-name = "a"
-gpu = 0
-port = 31001
-"""
+BASE = MINIMAL_SIM_FLEET
 
 
 def cfg_of(tmp_path: Path, extra: str = "", base: str = BASE) -> Any:

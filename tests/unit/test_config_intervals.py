@@ -16,22 +16,9 @@ from console.config import (
     load_config,
 )
 from console.stats import LeakTrend
+from tests.conftest import MINIMAL_SIM_FLEET
 
-BASE = """\
-name = "t"
-engine = "sim"
-
-[model]
-path = "m"
-
-[defaults]
-mem_fraction_static = 0.4
-
-[[workers]]
-name = "a"
-gpu = 0
-port = 31001
-"""
+BASE = MINIMAL_SIM_FLEET
 REPO = Path(__file__).resolve().parents[2]
 
 
