@@ -14,6 +14,11 @@ Router API facts this relies on (reference/balancer.md §5, re-checked against 0
   healthy workers, and the router logs that 503 as an error, so it is not used).
 * Circuit breaker state is only on the Prometheus port: ``smg_worker_cb_state``
   (0 closed, 1 open, 2 half-open; -1 for a worker that was removed).
+
+The supervisor calls `healthy` and `list` about every second, so every request goes
+over the lean keep-alive client of `backends.http1` (httpx costs ~10x the CPU), and
+the Prometheus page is read at most once per `prometheus` ``max_age_s``, parsed for
+the few families used here (`list`'s circuit states, the supervisor's latency).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 
 from backends import balancer_process as bp
+from backends import http1
 from backends.balancer import (
     BalancerError,
     DrainResult,
@@ -38,12 +44,32 @@ from backends.balancer import (
     normalize_url,
 )
 from backends.procs import ProcessIdentity
-from backends.promtext import MetricsParseError, parse_metrics
+from backends.promtext import MetricsParseError, MetricsSnapshot, parse_metrics
 from console.model import LaunchCommand
 
-__all__ = ["RouterSettings", "SglangRouter"]
+__all__ = ["CB_STATE", "REQUEST_DURATION", "RouterSettings", "SglangRouter"]
 
 _CB_STATES = {0: "closed", 1: "open", 2: "half_open"}
+
+#: circuit breaker state per worker (Prometheus port)
+CB_STATE = "smg_worker_cb_state"
+#: the router's client request-duration histogram (Prometheus port)
+REQUEST_DURATION = "smg_router_request_duration_seconds"
+#: how stale `list`'s circuit states may be (the supervisor lists every ~1 s and also
+#: reads the page itself each scrape cycle, which refreshes the cache)
+_CIRCUITS_MAX_AGE_S = 2.0
+_LIVENESS_TIMEOUT_S = 2.0
+_PROMETHEUS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class _Page:
+    """The Prometheus page as last read: when, its text, and its parse so far."""
+
+    read_at: float  # http1.now() when the read began
+    text: str
+    families: frozenset[str]
+    snapshot: MetricsSnapshot
 
 
 # `python -m sglang_router.launch_router` without its import of the Python debug
@@ -136,14 +162,16 @@ class SglangRouter:
 
     kind = "sglang-router"
 
-    def __init__(self, settings: RouterSettings, state_dir: Path, *,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: RouterSettings, state_dir: Path) -> None:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.log_path = self.state_dir / "router.log"
         self._identity: ProcessIdentity | None = None
-        self._http = http
-        self._own_http = http is None
+        # two connections: a liveness check does not queue behind a slow /workers call
+        self._api = http1.Client(settings.url, connections=2)
+        self._prom = http1.Client(f"http://{settings.host}:{settings.prometheus_port}",
+                                  connections=2)
+        self._page: _Page | None = None
         self._pending: dict[str, str] = {}  # url -> worker id of add jobs we queued
 
     # -- process ---------------------------------------------------------------------
@@ -165,11 +193,10 @@ class SglangRouter:
 
     @classmethod
     async def adopt(cls, settings: RouterSettings, state_dir: Path,
-                    identity: ProcessIdentity, *,
-                    http: httpx.AsyncClient | None = None) -> SglangRouter:
+                    identity: ProcessIdentity) -> SglangRouter:
         """Attach to a running router: identity must verify, listen on the port, answer."""
         bp.check_adoptable(identity, settings.host, settings.port, "sglang-router")
-        router = cls(settings, state_dir, http=http)
+        router = cls(settings, state_dir)
         router._identity = identity
         if not await router._live():
             await router.close()
@@ -211,10 +238,10 @@ class SglangRouter:
             await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP client; the router keeps running."""
-        if self._http is not None and self._own_http:
-            await self._http.aclose()
-            self._http = None
+        """Close the HTTP connections; the router keeps running."""
+        self._api.close()
+        self._prom.close()
+        self._page = None
 
     async def healthy(self) -> bool:
         """The router process is the recorded one and ``/liveness`` answers 200."""
@@ -225,9 +252,15 @@ class SglangRouter:
     # -- membership ------------------------------------------------------------------
 
     async def list(self) -> builtins.list[RoutedWorker]:
-        """Registered workers (router order), then add jobs still pending."""
+        """Registered workers (router order), then add jobs still pending.
+
+        Circuit states may be up to 2 s old (the Prometheus page is cached); `state`
+        reads them fresh."""
+        return await self._list(_CIRCUITS_MAX_AGE_S)
+
+    async def _list(self, circuits_max_age_s: float) -> builtins.list[RoutedWorker]:
         raw = await self._workers_raw()
-        circuits = await self._circuits()
+        circuits = await self._circuits(circuits_max_age_s)
         out = [self._routed(w, circuits) for w in raw]
         known = {w.url for w in out}
         for url, wid in builtins.list(self._pending.items()):
@@ -244,7 +277,7 @@ class SglangRouter:
     async def state(self, url: str) -> RoutedWorker | None:
         """One worker's state, or ``None`` when the router does not know it."""
         url = normalize_url(url)
-        for w in await self.list():
+        for w in await self._list(0.0):
             if w.url == url:
                 return w
         return None
@@ -262,7 +295,7 @@ class SglangRouter:
         url = normalize_url(url)
         for w in await self._workers_raw():
             if w.get("url") == url:
-                return self._routed(w, await self._circuits())
+                return self._routed(w, await self._circuits(0.0))
         wid = self._pending.get(url)
         if wid is not None:
             job = await self._get(wid)
@@ -272,18 +305,18 @@ class SglangRouter:
             body: dict[str, Any] = {"url": url}
             if api_key:
                 body["api_key"] = api_key
-            r = await self._request("POST", "/workers", json=body)
+            r = await self._request("POST", "/workers", body=orjson.dumps(body))
             if r.status_code != 202:
                 raise BalancerError(f"POST /workers {url}: HTTP {r.status_code} "
-                                    f"{r.text[:300]}")
-            wid = str(r.json()["worker_id"])
+                                    f"{_text(r)}")
+            wid = str(_json(r, "POST /workers")["worker_id"])
             self._pending[url] = wid
         deadline = time.monotonic() + wait_s
         while True:
             for w in await self._workers_raw():
                 if w.get("url") == url:
                     self._pending.pop(url, None)
-                    return self._routed(w, await self._circuits())
+                    return self._routed(w, await self._circuits(0.0))
             job = await self._get(wid)
             kind_status = _job(job) if job is not None else None
             if kind_status is not None and kind_status[1] == "failed":
@@ -325,7 +358,7 @@ class SglangRouter:
             return False
         if r.status_code != 202:
             raise BalancerError(f"DELETE /workers/{wid} ({url}): HTTP {r.status_code} "
-                                f"{r.text[:300]}")
+                                f"{_text(r)}")
         while True:
             if await self._id_of(url) is None:
                 return True
@@ -342,31 +375,29 @@ class SglangRouter:
 
     # -- HTTP ------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.settings.api_timeout_s)
-            self._own_http = True
-        return self._http
-
-    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *,
+                       body: bytes | None = None) -> http1.Reply:
+        timeout = self.settings.api_timeout_s
         try:
-            return await self._client().request(method, self.url + path, **kw)
-        except httpx.HTTPError as e:
+            r, _ = await self._api.request(method, path, timeout_s=timeout, body=body,
+                                           accept="application/json")
+        except http1.ERRORS as e:
             raise BalancerError(f"sglang-router {method} {path}: "
-                                f"{type(e).__name__}: {e}") from e
+                                f"{http1.describe(e, timeout)}") from e
+        return r
 
     async def _live(self) -> bool:
         try:
-            r = await self._client().get(self.url + "/liveness", timeout=2.0)
-        except httpx.HTTPError:
+            r, _ = await self._api.request("GET", "/liveness", timeout_s=_LIVENESS_TIMEOUT_S)
+        except http1.ERRORS:
             return False
         return r.status_code == 200
 
     async def _workers_raw(self) -> builtins.list[dict[str, Any]]:
         r = await self._request("GET", "/workers")
         if r.status_code != 200:
-            raise BalancerError(f"GET /workers: HTTP {r.status_code} {r.text[:300]}")
-        return builtins.list(r.json().get("workers", []))
+            raise BalancerError(f"GET /workers: HTTP {r.status_code} {_text(r)}")
+        return builtins.list(_json(r, "GET /workers").get("workers", []))
 
     async def _id_of(self, url: str) -> str | None:
         for w in await self._workers_raw():
@@ -379,18 +410,47 @@ class SglangRouter:
         if r.status_code == 404:
             return None
         if r.status_code != 200:
-            raise BalancerError(f"GET /workers/{wid}: HTTP {r.status_code} {r.text[:300]}")
-        return dict(r.json())
+            raise BalancerError(f"GET /workers/{wid}: HTTP {r.status_code} {_text(r)}")
+        return dict(_json(r, f"GET /workers/{wid}"))
 
-    async def _circuits(self) -> dict[str, str]:
-        """Worker URL → circuit state from the Prometheus port ({} when unreadable)."""
+    async def prometheus(self, *, max_age_s: float,
+                         families: Sequence[str] = ()) -> MetricsSnapshot | None:
+        """The router's Prometheus page, read at most once per `max_age_s` (0: now),
+        parsed for `families` (names as `parse_metrics` takes them) and for the ones
+        this adapter uses itself, `CB_STATE` and `REQUEST_DURATION`, so one read serves
+        every caller. None when the page cannot be read or parsed (not cached)."""
+        want = frozenset(families) | {CB_STATE, REQUEST_DURATION}
+        page = self._page
+        if page is not None and http1.now() - page.read_at < max_age_s:
+            if want <= page.families:
+                return page.snapshot
+            text, read_at = page.text, page.read_at
+        else:
+            read_at = http1.now()
+            try:
+                r, _ = await self._prom.request("GET", "/metrics",
+                                                timeout_s=_PROMETHEUS_TIMEOUT_S,
+                                                accept="text/plain")
+            except http1.ERRORS:
+                return None
+            if r.status_code != 200:
+                return None
+            text = r.content.decode("utf-8", "replace")
         try:
-            r = await self._client().get(self.prometheus_url, timeout=2.0)
-            snap = parse_metrics(r.text, content_type=r.headers.get("content-type"))
-        except (httpx.HTTPError, MetricsParseError):
+            # the format follows the body (the router sends Prometheus text)
+            snapshot = parse_metrics(text, families=want)
+        except MetricsParseError:
+            return None
+        self._page = _Page(read_at, text, want, snapshot)
+        return snapshot
+
+    async def _circuits(self, max_age_s: float) -> dict[str, str]:
+        """Worker URL → circuit state from the Prometheus port ({} when unreadable)."""
+        snap = await self.prometheus(max_age_s=max_age_s)
+        if snap is None:
             return {}
         out: dict[str, str] = {}
-        for s in snap.samples("smg_worker_cb_state"):
+        for s in snap.samples(CB_STATE):
             state = _CB_STATES.get(int(s.value))
             if state is not None and "worker" in s.labels:
                 out[s.labels["worker"]] = state
@@ -404,6 +464,17 @@ class SglangRouter:
                             worker_id=str(w.get("id")),
                             load=int(load) if isinstance(load, int) else None,
                             circuit=circuits.get(url))
+
+
+def _text(r: http1.Reply) -> str:
+    return r.content.decode("utf-8", "replace")[:300]
+
+
+def _json(r: http1.Reply, what: str) -> Any:
+    try:
+        return orjson.loads(r.content)
+    except orjson.JSONDecodeError as e:
+        raise BalancerError(f"sglang-router {what}: invalid JSON: {e}") from None
 
 
 def _job(worker: dict[str, Any]) -> tuple[str, str] | None:

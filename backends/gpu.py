@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-import httpx
+import orjson
+
+from backends import http1
 
 log = logging.getLogger(__name__)
 
@@ -427,18 +429,19 @@ class SimGpuSource:
 
     name = "sim"
 
-    def __init__(self, urls: Iterable[str] = (), *, timeout_s: float = 1.0,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, urls: Iterable[str] = (), *, timeout_s: float = 1.0) -> None:
         self.timeout_s = timeout_s
         self._urls: tuple[str, ...] = ()
+        # one kept-alive connection per worker, opened on first read
+        self._clients: dict[str, http1.Client] = {}
         self.set_urls(urls)
-        self._http = http
-        self._own_http = http is None
         self._last_duration_s: float | None = None
 
     def set_urls(self, urls: Iterable[str]) -> None:
         """Replace the worker base URLs to read (the fleet changes)."""
         self._urls = tuple(dict.fromkeys(u.rstrip("/") for u in urls))
+        for url in set(self._clients) - set(self._urls):
+            self._clients.pop(url).close()
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -450,18 +453,17 @@ class SimGpuSource:
         """Duration of the last `sample` call (seconds), None before the first."""
         return self._last_duration_s
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False)
-        return self._http
-
     async def _read(self, url: str) -> Mapping[str, Any] | None:
         try:
-            resp = await self._client().get(f"{url}/_sim/gpu", timeout=self.timeout_s)
+            client = self._clients.get(url)
+            if client is None:
+                client = self._clients[url] = http1.Client(url)
+            resp, _ = await client.request("GET", "/_sim/gpu", timeout_s=self.timeout_s,
+                                           accept="application/json")
             if resp.status_code != 200:
                 return None
-            data = resp.json()
-        except (httpx.HTTPError, ValueError):
+            data = orjson.loads(resp.content)
+        except (*http1.ERRORS, OSError, ValueError):  # ValueError: not http://, not JSON
             return None
         return data if isinstance(data, dict) and isinstance(data.get("gpu_index"), int) else None
 
@@ -521,10 +523,10 @@ class SimGpuSource:
         return dataclasses.replace(device, na=reasons)
 
     async def close(self) -> None:
-        """Close the HTTP client if this source created it."""
-        if self._own_http and self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        """Close the connections to the workers."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
 
 # --------------------------------------------------------------------------- factory

@@ -10,9 +10,13 @@ and the supervisor's hot requests (backends/sglang_client.py: the embedding prob
 * `Pool`: up to `limit` connections to one host, opened on demand, reused LIFO; an idle
   connection the server already closed is dropped before it is used (`peer_closed`).
 * `build_request`: the bytes of one request.
+* `Client`: requests with a total deadline to one ``http://`` base URL over a `Pool`
+  (the supervisor's periodic readers: worker probe and scrape, simulated GPU, router).
 * Failures: `Http1Timeout` (deadline), `Disconnected` (closed before the response
   was complete; `got_bytes` says whether any of it had arrived), `BadResponse`
-  (unparseable), and `OSError` from connecting (e.g. `ConnectionRefusedError`).
+  (unparseable), and `OSError` from connecting (e.g. `ConnectionRefusedError`;
+  `Client` wraps it in `ConnectError` and lets its deadline raise `TimeoutError`).
+  `describe` words any of them.
 
 Deadlines are on the `now` clock (`time.monotonic`; uvloop's ``loop.time()`` only moves
 in whole milliseconds). Bodies delimited only by the server closing the connection are
@@ -22,20 +26,29 @@ not supported (SGLang, uvicorn and the routers always send a length or chunks).
 from __future__ import annotations
 
 import asyncio
+import errno
 import select
 import time
 from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import httptools
 
 __all__ = [
+    "ERRORS",
     "BadResponse",
+    "Client",
+    "ConnectError",
     "Connection",
     "Disconnected",
     "Http1Timeout",
     "Pool",
+    "Reply",
     "build_request",
+    "describe",
     "now",
     "peer_closed",
     "until",
@@ -206,6 +219,7 @@ class Pool:
         self.open = 0  # established or connecting
         self.connecting = 0
         self.opened = 0
+        self._closed = False
 
     async def acquire(self, deadline: float) -> Connection:
         """An idle or new connection; `Http1Timeout` at `deadline` (`now` clock), the
@@ -276,7 +290,10 @@ class Pool:
             self.discard(conn)
             return
         if not self._hand(conn):
-            self._idle.append(conn)
+            if self._closed:  # in use when the pool was closed: nobody would reuse it
+                self.discard(conn)
+            else:
+                self._idle.append(conn)
 
     def discard(self, conn: Connection) -> None:
         conn.close()
@@ -284,6 +301,7 @@ class Pool:
         self._grow()
 
     def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for conn in self._idle:
@@ -302,3 +320,157 @@ async def until(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], deadl
         return await fut
     finally:
         handle.cancel()
+
+
+class ConnectError(Exception):
+    """`Client` could not connect; `error` is the OSError (e.g. ConnectionRefusedError)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: everything `Client.request` raises when no response came back (TimeoutError: its deadline)
+ERRORS = (TimeoutError, Http1Timeout, Disconnected, BadResponse, ConnectError)
+
+_REFUSED = f"[Errno {errno.ECONNREFUSED}]"
+
+
+def describe(exc: BaseException, timeout_s: float) -> str:
+    """A short text for one of `ERRORS` (``timeout after 2.0s``, ``connection refused``,
+    ``connect error: ...``, ``connection closed: ...``), worded as httpx's failures are."""
+    if isinstance(exc, (TimeoutError, Http1Timeout)):
+        return f"timeout after {float(timeout_s)}s"
+    if isinstance(exc, ConnectError):
+        e = exc.error
+        # asyncio says "Connect call failed" (or "Multiple exceptions: ..." for a name
+        # with several addresses), not "refused"
+        if isinstance(e, ConnectionRefusedError) or e.errno == errno.ECONNREFUSED \
+                or _REFUSED in str(e) or "refused" in str(e).lower():
+            return "connection refused"
+        return f"connect error: {e}"
+    if isinstance(exc, Disconnected):
+        if exc.got_bytes:
+            return "connection closed: peer closed connection without sending complete message body"
+        return "connection closed: Server disconnected without sending a response."
+    if isinstance(exc, BadResponse):
+        return f"connection closed: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response read by `Client` (the names are httpx.Response's)."""
+
+    status_code: int
+    reason_phrase: str
+    """The server's reason phrase, else the standard one for the status."""
+    content: bytes
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+#: cached request heads per `Client` (paths with ids, e.g. ``/workers/<uuid>``, vary)
+_MAX_HEADS = 64
+
+
+class Client:
+    """Requests to one ``http://host:port[/prefix]`` over up to `connections` kept-alive
+    connections (a `Pool`, re-created when the running event loop changes).
+
+    `headers` go on every request (after ``Accept`` and ``User-Agent: embedops``).
+    Usable again after `close`: the next request opens a new connection.
+    Raises ValueError for a URL that is not plain ``http://`` with a host.
+    """
+
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
+                 connections: int = 1, connect_timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not a plain http:// URL: {base_url!r}")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._prefix = parts.path
+        self._headers = {"User-Agent": "embedops", **(headers or {})}
+        self._connections = connections
+        self._connect_timeout_s = connect_timeout_s
+        self._pool: Pool | None = None
+        self._heads: dict[tuple[str, str, str, str | None], bytes] = {}
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _current_pool(self) -> Pool:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        if pool is None or pool.loop is not loop:
+            if pool is not None:
+                pool.close()
+            pool = self._pool = Pool(loop, self._host, self._port, self._connections,
+                                     connect_timeout_s=self._connect_timeout_s,
+                                     max_connecting=self._connections)
+        return pool
+
+    def _bytes(self, method: str, path: str, accept: str, body: bytes | None,
+               content_type: str) -> bytes:
+        key = (method, path, accept, None if body is None else content_type)
+        head = self._heads.get(key)
+        if head is None:
+            headers = {"Accept": accept, **self._headers}
+            if body is not None:
+                headers["Content-Type"] = content_type
+            # everything up to the Content-Length line (added per request)
+            head = build_request(method, self._host, self._port, self._prefix + path, headers)[:-2]
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            self._heads[key] = head
+        if body is None:
+            return head + b"\r\n"
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    async def request(self, method: str, path: str, *, timeout_s: float,
+                      body: bytes | None = None, accept: str = "*/*",
+                      content_type: str = "application/json") -> tuple[Reply, float]:
+        """One request with a total deadline of `timeout_s`; returns (reply, seconds taken).
+
+        An idle connection that turns out to be closed (nothing came back) is replaced
+        by a new one once, within that deadline. Raises one of `ERRORS`.
+        """
+        pool = self._current_pool()
+        data = self._bytes(method, path, accept, body, content_type)
+        start = time.perf_counter()
+        # asyncio.timeout is the deadline; the pool's own (a second later) only bounds
+        # its waits should the loop's clock and ours disagree
+        pool_deadline = now() + timeout_s + 1.0
+        async with asyncio.timeout(timeout_s):
+            for attempt in range(2):
+                try:
+                    conn = await pool.acquire(pool_deadline)
+                except OSError as e:
+                    raise ConnectError(e) from e
+                reused = conn.used > 0
+                done = False
+                try:
+                    status, content = await conn.request(data)
+                    done = True
+                except Disconnected as e:
+                    if attempt == 0 and reused and not e.got_bytes:
+                        continue  # the server closed it while idle: once more on a new one
+                    raise
+                finally:
+                    if done:
+                        pool.release(conn)
+                    else:
+                        pool.discard(conn)  # a request may be outstanding on it
+                reason = conn.reason.decode("latin-1") or _phrase(status)
+                return Reply(status, reason, content), time.perf_counter() - start
+        raise Disconnected(False)  # pragma: no cover - the loop returns or raises

@@ -30,7 +30,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,6 +149,109 @@ def verify(identity: ProcessIdentity) -> bool:
 def is_running(identity: ProcessIdentity) -> bool:
     """Alias of `verify`: the identified process exists and has not exited."""
     return verify(identity)
+
+
+class ExitWatch:
+    """Calls `on_exit` on the running event loop as soon as the identified process
+    exits (a Linux pidfd watched by the loop: no polling, no delay).
+
+    The pidfd is opened first and the identity verified after, so a pid reused in
+    between is refused, never watched. `open` returns None where the process cannot
+    be watched this way (no pidfd on this kernel or platform, not permitted, already
+    gone): the caller then polls `is_running`. `on_exit` is called at most once;
+    `close` releases the descriptor and is idempotent.
+    """
+
+    def __init__(self, identity: ProcessIdentity, fd: int, on_exit: Callable[[], None]) -> None:
+        self.identity = identity
+        self.fired = False
+        self._fd: int | None = fd
+        self._loop = asyncio.get_running_loop()
+        self._on_exit = on_exit
+        self._loop.add_reader(fd, self._fire)
+
+    @classmethod
+    def open(cls, identity: ProcessIdentity, on_exit: Callable[[], None]) -> ExitWatch | None:
+        """Watch `identity` (verified after the pidfd is open), or None."""
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return None
+        try:
+            fd = pidfd_open(identity.pid)
+        except OSError:
+            return None
+        if not verify(identity):
+            os.close(fd)
+            return None
+        try:
+            return cls(identity, fd, on_exit)
+        except (OSError, ValueError, NotImplementedError, RuntimeError):
+            os.close(fd)  # a loop without add_reader (Windows proactor): poll instead
+            return None
+
+    def _fire(self) -> None:
+        if self._fd is not None and not self.fired:
+            self.fired = True
+            self._loop.remove_reader(self._fd)  # level-triggered: readable from now on
+            self._on_exit()
+
+    def close(self) -> None:
+        """Stop watching and release the pidfd."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if not self.fired and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
+        os.close(fd)
+
+
+class ExitWatchers:
+    """`ExitWatch`es kept in step with a set of named processes; any exit sets one
+    event that the owner's loop waits on (`wait`) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self._watches: dict[str, ExitWatch | None] = {}
+        self._identities: dict[str, ProcessIdentity] = {}
+        self._wake = asyncio.Event()
+
+    def sync(self, wanted: Mapping[str, ProcessIdentity]) -> None:
+        """Watch exactly `wanted` (name → identity): new ones are opened, changed or
+        dropped ones closed. A process that cannot be watched is tried again only
+        when its identity changes (until then `needs_poll` says to poll it)."""
+        for name in [n for n, ident in self._identities.items() if wanted.get(n) != ident]:
+            watch = self._watches.pop(name, None)
+            del self._identities[name]
+            if watch is not None:
+                watch.close()
+        for name, ident in wanted.items():
+            if name not in self._identities:
+                self._identities[name] = ident
+                self._watches[name] = ExitWatch.open(ident, self._wake.set)
+
+    def needs_poll(self, name: str) -> bool:
+        """True when `name`'s process must be looked at: it has exited (its watch
+        fired) or it cannot be watched."""
+        watch = self._watches.get(name)
+        return watch is None or watch.fired
+
+    @property
+    def polling(self) -> bool:
+        """Some watched name has no pidfd: its owner must poll on a timer."""
+        return any(w is None for w in self._watches.values())
+
+    def wake(self) -> None:
+        """End the current `wait` now (the set of processes to watch changed)."""
+        self._wake.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a watched process exits or `timeout_s` passes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        self._wake.clear()
+
+    def close(self) -> None:
+        """Release every pidfd."""
+        self.sync({})
 
 
 # --------------------------------------------------------------------------- masking

@@ -17,15 +17,13 @@ paths: ``timeout after Xs``, ``connection refused``, ``connect error: ...``,
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import math
+import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -85,9 +83,9 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     """Cosine similarity of two equal-length vectors (0.0 when either has zero norm)."""
     if len(a) != len(b):
         raise ValueError(f"cosine of vectors of different length ({len(a)} != {len(b)})")
-    dot = math.fsum(x * y for x, y in zip(a, b))
-    na = math.sqrt(math.fsum(x * x for x in a))
-    nb = math.sqrt(math.fsum(y * y for y in b))
+    dot = math.fsum(map(operator.mul, a, b))
+    na = math.sqrt(math.fsum(map(operator.mul, a, a)))
+    nb = math.sqrt(math.fsum(map(operator.mul, b, b)))
     if na == 0.0 or nb == 0.0:
         return 0.0
     return dot / (na * nb)
@@ -122,34 +120,11 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-class _LeanConnectError(Exception):
-    """Connecting failed on the lean path (wraps the OSError)."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-_REFUSED = f"[Errno {errno.ECONNREFUSED}]"
-
-
 def _transport_error(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, (TimeoutError, httpx.TimeoutException, http1.Http1Timeout)):
+    if isinstance(exc, httpx.TimeoutException):
         return f"timeout after {float(timeout_s)}s"
-    if isinstance(exc, _LeanConnectError):
-        e = exc.error
-        # asyncio says "Connect call failed" (or "Multiple exceptions: ..." for a name
-        # with several addresses), not "refused"
-        if isinstance(e, ConnectionRefusedError) or e.errno == errno.ECONNREFUSED \
-                or _REFUSED in str(e) or "refused" in str(e).lower():
-            return "connection refused"
-        return f"connect error: {e}"
-    if isinstance(exc, http1.Disconnected):
-        if exc.got_bytes:
-            return "connection closed: peer closed connection without sending complete message body"
-        return "connection closed: Server disconnected without sending a response."
-    if isinstance(exc, http1.BadResponse):
-        return f"connection closed: {exc}"
+    if isinstance(exc, http1.ERRORS):
+        return http1.describe(exc, timeout_s)
     if isinstance(exc, httpx.ConnectError):
         if "refused" in str(exc).lower() or _caused_by(exc, ConnectionRefusedError):
             return "connection refused"
@@ -203,18 +178,6 @@ def _finite_floats(values: list[Any]) -> tuple[tuple[float, ...], bool]:
     return tuple(out), finite
 
 
-@dataclass(frozen=True)
-class _Reply:
-    """A response read by the lean client."""
-
-    status_code: int
-    reason_phrase: str
-    content: bytes
-
-
-#: what the lean path can raise besides TimeoutError (caught with the httpx ones)
-_LEAN_ERRORS = (http1.Http1Timeout, http1.Disconnected, http1.BadResponse, _LeanConnectError)
-
 #: connections per worker on the lean path: the probe and the scrape each get one when
 #: they overlap (a probe must not wait behind a slow scrape: its timeout detects hangs)
 _LEAN_CONNECTIONS = 2
@@ -226,13 +189,6 @@ def _loads_lenient(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return json.loads(body)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 class SglangClient:
@@ -258,12 +214,14 @@ class SglangClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         # which spelling of a renamed endpoint this worker answered, once known
         self._paths: dict[str, str] = {}
-        self._pool: http1.Pool | None = None
-        self._lean_head: dict[str, bytes] = {}
-        parts = urlsplit(self.base_url)
-        self._lean_target: tuple[str, int, str] | None = None
-        if parts.scheme == "http" and parts.hostname:
-            self._lean_target = (parts.hostname, parts.port or 80, parts.path.rstrip("/"))
+        # the probe and the scrape (plain http only; https stays on httpx)
+        self._lean: http1.Client | None = None
+        try:
+            self._lean = http1.Client(self.base_url, headers=self._headers,
+                                      connections=_LEAN_CONNECTIONS,
+                                      connect_timeout_s=max(10.0, timeout_s))
+        except ValueError:
+            pass
 
     def __repr__(self) -> str:
         key = ", api_key=***" if self._api_key else ""
@@ -284,75 +242,8 @@ class SglangClient:
     def close_connections(self) -> None:
         """Close the probe/scrape keep-alive connections (the client stays usable: the
         next request opens a new one). For a worker that is being forgotten."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
-    def _lean_pool(self) -> http1.Pool:
-        loop = asyncio.get_running_loop()
-        pool = self._pool
-        if pool is None or pool.loop is not loop:
-            if pool is not None:
-                pool.close()
-            assert self._lean_target is not None
-            host, port, _ = self._lean_target
-            pool = self._pool = http1.Pool(loop, host, port, _LEAN_CONNECTIONS,
-                                           connect_timeout_s=max(10.0, self.timeout_s),
-                                           max_connecting=_LEAN_CONNECTIONS)
-        return pool
-
-    def _lean_bytes(self, method: str, path: str, accept: str, body: bytes | None) -> bytes:
-        key = f"{method} {path} {accept}"
-        head = self._lean_head.get(key)
-        if head is None:
-            assert self._lean_target is not None
-            host, port, prefix = self._lean_target
-            headers = {"Accept": accept, "User-Agent": "embedops"}
-            headers.update(self._headers)
-            if body is not None:
-                headers["Content-Type"] = "application/json"
-            # everything up to the Content-Length line (added per request)
-            head = http1.build_request(method, host, port, prefix + path, headers)[:-2]
-            self._lean_head[key] = head
-        if body is None:
-            return head + b"\r\n"
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-    async def _lean_request(self, method: str, path: str, *, timeout_s: float,
-                            body: bytes | None = None,
-                            accept: str = "*/*") -> tuple[_Reply, float]:
-        """One request over a kept-alive connection, with the same total deadline as
-        `_request`; an idle connection that turns out to be closed (nothing came back)
-        is replaced by a new one once, within that deadline."""
-        pool = self._lean_pool()
-        data = self._lean_bytes(method, path, accept, body)
-        start = time.perf_counter()
-        # asyncio.timeout is the deadline; the pool's own (a second later) only bounds
-        # its waits should the loop's clock and ours disagree
-        pool_deadline = http1.now() + timeout_s + 1.0
-        async with asyncio.timeout(timeout_s):
-            for attempt in range(2):
-                try:
-                    conn = await pool.acquire(pool_deadline)
-                except OSError as e:
-                    raise _LeanConnectError(e) from e
-                reused = conn.used > 0
-                done = False
-                try:
-                    status, content = await conn.request(data)
-                    done = True
-                except http1.Disconnected as e:
-                    if attempt == 0 and reused and not e.got_bytes:
-                        continue  # the worker closed it while idle: once more on a new one
-                    raise
-                finally:
-                    if done:
-                        pool.release(conn)
-                    else:
-                        pool.discard(conn)  # a request may be outstanding on it
-                reason = conn.reason.decode("latin-1") or _phrase(status)
-                return _Reply(status, reason, content), time.perf_counter() - start
-        raise http1.Disconnected(False)  # pragma: no cover - the loop returns or raises
+        if self._lean is not None:
+            self._lean.close()
 
     def _scrub(self, text: str) -> str:
         if self._api_key and self._api_key in text:
@@ -380,17 +271,17 @@ class SglangClient:
         if self.model is not None:
             body["model"] = self.model
         start = time.perf_counter()
-        resp: httpx.Response | _Reply
+        resp: httpx.Response | http1.Reply
         try:
-            if self._lean_target is not None:
-                resp, latency = await self._lean_request(
+            if self._lean is not None:
+                resp, latency = await self._lean.request(
                     "POST", "/v1/embeddings", timeout_s=timeout_s, body=orjson.dumps(body),
                     accept="application/json")
             else:
                 resp, latency = await self._request("POST", "/v1/embeddings",
                                                     timeout_s=timeout_s,
                                                     json_body=orjson.dumps(body))
-        except (httpx.HTTPError, TimeoutError, OSError, *_LEAN_ERRORS) as e:
+        except (httpx.HTTPError, OSError, *http1.ERRORS) as e:
             return ProbeResult(False, None, time.perf_counter() - start, None, False, None,
                                self._scrub(_transport_error(e, timeout_s)))
         status = resp.status_code
@@ -464,15 +355,15 @@ class SglangClient:
     async def metrics_text(self, *, timeout_s: float | None = None) -> str:
         """The ``/metrics`` body in Prometheus text format (``Accept: text/plain``)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        resp: httpx.Response | _Reply
+        resp: httpx.Response | http1.Reply
         try:
-            if self._lean_target is not None:
-                resp, _ = await self._lean_request("GET", "/metrics", timeout_s=timeout,
+            if self._lean is not None:
+                resp, _ = await self._lean.request("GET", "/metrics", timeout_s=timeout,
                                                    accept="text/plain")
             else:
                 resp, _ = await self._request("GET", "/metrics", timeout_s=timeout,
                                               headers={"Accept": "text/plain"})
-        except (httpx.HTTPError, TimeoutError, OSError, *_LEAN_ERRORS) as e:
+        except (httpx.HTTPError, OSError, *http1.ERRORS) as e:
             raise SglangError(self._scrub(f"GET /metrics: {_transport_error(e, timeout)}")) from None
         if resp.status_code != 200:
             msg = self._scrub(error_message(resp.content, resp.reason_phrase))

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from backends import eventloop
 from backends.sim.loadgen import (
     DEFAULT_QUERY,
     LoadGen,
@@ -585,14 +586,6 @@ async def run_all(runner: Runner, rates: list[float], *, find_max: bool, bound_m
     return rows, {"p99_bound_ms": bound_ms, "max_rate_passed": best, "stopped_because": reason}
 
 
-def _run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 # ------------------------------------------------------------------ report
 
 
@@ -709,7 +702,7 @@ def run(args: argparse.Namespace, snapshot_of: Callable[[], dict[str, Any]]) -> 
                  f"{', '.join(f'{r:g}' for r in rates)}{' and up' if args.find_max else ''}")
     runner = Runner(target, plan, duration_s=args.duration, direct=args.direct,
                     deadline_s=args.deadline_s, progress=progress)
-    rows, fm = _run_loop(run_all(runner, rates, find_max=args.find_max,
+    rows, fm = eventloop.run(run_all(runner, rates, find_max=args.find_max,
                                  bound_ms=args.p99_bound_ms, max_rate=args.max_rate))
     report = {"schema": REPORT_SCHEMA, "target": target.to_json(), "input": plan.to_json(),
               "duration_s": args.duration, "direct": bool(args.direct),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backends import procs
+from backends import eventloop, procs
 from console.api import install_routes
 from console.config import FleetConfig
 from console.control import ControlServer, SupervisorNotRunning, SyncControlClient
@@ -117,7 +117,7 @@ def run_supervisor(cfg: FleetConfig, state_dir: StateDir, *, verbose: bool = Fal
     """`embedops supervise`: foreground, logs to stderr."""
     setup_logging(verbose)
     try:
-        return asyncio.run(serve(cfg, state_dir))
+        return eventloop.run(serve(cfg, state_dir))
     except FatalError as exc:
         log.error("%s", exc)
         return 1

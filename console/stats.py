@@ -249,6 +249,11 @@ class HistogramWindow:
         self._prev: tuple[float, ...] | None = None
         self._instance: object = None
         self._data: deque[tuple[int, list[float]]] = deque()
+        self._version = 0
+        # the last `buckets` answer, valid while (version, slice) are unchanged: alert
+        # evaluation, status snapshots and plots read the same window several times a second
+        self._cached: tuple[tuple[int, int], list[tuple[float, float]] | None] | None = None
+        self._quantiles: dict[float, float | None] = {}  # for the cached buckets
         self.resets = 0
         """Counter resets seen."""
 
@@ -262,6 +267,7 @@ class HistogramWindow:
         ordered = _normalise(buckets)
         edges = tuple(le for le, _ in ordered)
         counts = tuple(c for _, c in ordered)
+        self._version += 1
         if self._edges is not None and edges != self._edges:
             self._data.clear()
             self._prev = None
@@ -287,19 +293,26 @@ class HistogramWindow:
         # A snapshot older than the newest slice is a clock anomaly: its delta is dropped.
 
     def buckets(self, now: float) -> list[tuple[float, float]] | None:
-        """Cumulative delta buckets over the window at `now`; None before any delta."""
+        """Cumulative delta buckets over the window at `now`; None before any delta.
+        The list returned is shared with later calls: do not modify it."""
+        current = self._slices.index(now)
+        key = (self._version, current)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
         oldest = self._slices.oldest_kept(now)
         while self._data and self._data[0][0] < oldest:
             self._data.popleft()
-        if self._edges is None or not self._data:
-            return None
-        current = self._slices.index(now)
-        sums = [0.0] * len(self._edges)
-        for k, delta in self._data:
-            if k <= current:
-                for i, d in enumerate(delta):
-                    sums[i] += d
-        return list(zip(self._edges, sums))
+        result: list[tuple[float, float]] | None = None
+        self._quantiles = {}
+        if self._edges is not None and self._data:
+            sums = [0.0] * len(self._edges)
+            for k, delta in self._data:
+                if k <= current:
+                    for i, d in enumerate(delta):
+                        sums[i] += d
+            result = list(zip(self._edges, sums))
+        self._cached = (key, result)
+        return result
 
     def count(self, now: float) -> float:
         """Observations in the window (the ``+Inf`` bucket's delta)."""
@@ -309,7 +322,11 @@ class HistogramWindow:
     def quantile(self, q: float, now: float) -> float | None:
         """``histogram_quantile(q)`` of the window's deltas; None without observations."""
         b = self.buckets(now)
-        return histogram_quantile(q, b) if b else None
+        if not b:
+            return None
+        if q not in self._quantiles:
+            self._quantiles[q] = histogram_quantile(q, b)
+        return self._quantiles[q]
 
     def fraction_above(self, threshold: float, now: float) -> float | None:
         """Share of the window's observations above `threshold` (see `fraction_above`)."""
@@ -442,6 +459,10 @@ class Trend:
         return self.slope_mib_per_s / self.stderr_mib_per_s
 
 
+_REBASE_EVERY = 1024
+"""`LeakTrend` recomputes its running sums exactly after this many samples."""
+
+
 class LeakTrend:
     """Memory growth of one worker (or card): slope over the last `horizon_s`.
 
@@ -465,10 +486,17 @@ class LeakTrend:
         self.min_slope_mib_per_h = min_slope_mib_per_h
         self._points: deque[tuple[float, float]] = deque()
         self.segment_start: float | None = None
+        # Running sums of the points, shifted by a reference point (the first one at the
+        # last rebase) so they stay small: `fit` is O(1) instead of O(samples), which at
+        # a 2 s sample period and a 1 h horizon is 1,800 points per worker per second.
+        self._ref = (0.0, 0.0)
+        self._sums = [0.0] * 5  # Σx, Σy, Σxx, Σxy, Σyy
+        self._ops = 0
 
     def mark_restart(self, now: float) -> None:
         """The worker restarted: forget the previous segment."""
         self._points.clear()
+        self._rebase()
         self.segment_start = None
 
     def observe(self, now: float, used_mib: float) -> None:
@@ -478,37 +506,74 @@ class LeakTrend:
             step = abs(used_mib - prev)
             if step >= self.step_mib and step >= self.step_frac * max(abs(prev), abs(used_mib)):
                 self._points.clear()
+                self._rebase()
         if not self._points:
             self.segment_start = now
+            self._ref = (now, used_mib)
         self._points.append((now, used_mib))
+        self._shift(now, used_mib, 1.0, self._sums)
         while self._points and now - self._points[0][0] > self.horizon_s:
-            self._points.popleft()
+            t, v = self._points.popleft()
+            self._shift(t, v, -1.0, self._sums)
+        self._ops += 1
+        if self._ops >= _REBASE_EVERY:
+            self._rebase()
+
+    def _shift(self, t: float, v: float, sign: float, sums: list[float]) -> None:
+        x, y = t - self._ref[0], v - self._ref[1]
+        sums[0] += sign * x
+        sums[1] += sign * y
+        sums[2] += sign * x * x
+        sums[3] += sign * x * y
+        sums[4] += sign * y * y
+
+    def _rebase(self) -> None:
+        """Recompute the sums exactly around the current first point (bounds the
+        rounding that many additions and removals accumulate)."""
+        self._ops = 0
+        self._sums = [0.0] * 5
+        if self._points:
+            self._ref = self._points[0]
+        for t, v in self._points:
+            self._shift(t, v, 1.0, self._sums)
 
     def fit(self, now: float) -> Trend | None:
         """Least-squares line through the segment's samples within the horizon at `now`;
         None with fewer than 3 samples or no time span."""
-        pts = [(t, v) for t, v in self._points if now - self.horizon_s <= t <= now]
-        n = len(pts)
+        pts = self._points
+        lo = now - self.horizon_s
+        first, last = 0, len(pts)
+        sums = self._sums
+        if pts and (pts[0][0] < lo or pts[-1][0] > now):
+            # samples outside [now - horizon, now] (usually one, aged out since the last
+            # observe): taken out of a copy of the sums
+            sums = list(sums)
+            while first < last and pts[first][0] < lo:
+                self._shift(*pts[first], -1.0, sums)
+                first += 1
+            while last > first and pts[last - 1][0] > now:
+                self._shift(*pts[last - 1], -1.0, sums)
+                last -= 1
+        n = last - first
         if n < 3:
             return None
-        t_mean = math.fsum(t for t, _ in pts) / n
-        v_mean = math.fsum(v for _, v in pts) / n
-        sxx = math.fsum((t - t_mean) ** 2 for t, _ in pts)
-        if sxx <= 0:
+        sx, sy, sxx_raw, sxy_raw, syy_raw = sums
+        sxx = sxx_raw - sx * sx / n
+        if sxx <= 1e-9 * max(1.0, sxx_raw):
             return None
-        sxy = math.fsum((t - t_mean) * (v - v_mean) for t, v in pts)
+        sxy = sxy_raw - sx * sy / n
+        syy = max(0.0, syy_raw - sy * sy / n)
         slope = sxy / sxx
-        intercept = v_mean - slope * t_mean
-        rss = math.fsum((v - (intercept + slope * t)) ** 2 for t, v in pts)
+        intercept = sy / n - slope * sx / n  # in the shifted coordinates
         # Residuals of an exact line are rounding noise; treat them as zero.
-        scale = max(1.0, max(abs(v) for _, v in pts))
-        if rss <= (1e-9 * scale) ** 2 * n:
+        rss = max(0.0, syy - slope * sxy)
+        if rss <= 1e-10 * syy:
             rss = 0.0
         stderr = math.sqrt(rss / (n - 2) / sxx)
-        t_last = pts[-1][0]
+        t_first, t_last = pts[first][0], pts[last - 1][0]
+        fitted = self._ref[1] + intercept + slope * (t_last - self._ref[0])
         return Trend(slope_mib_per_s=slope, stderr_mib_per_s=stderr, samples=n,
-                     span_s=t_last - pts[0][0], segment_start=pts[0][0],
-                     fitted_now_mib=intercept + slope * t_last)
+                     span_s=t_last - t_first, segment_start=t_first, fitted_now_mib=fitted)
 
     def leak_slope(self, now: float) -> float | None:
         """Growth in **MiB/s** when it is a real upward trend (see the class doc), else

@@ -32,7 +32,6 @@ from backends.balancer import Balancer, adopt_balancer, create_balancer, normali
 from backends.balancer_nginx import NginxSettings
 from backends.balancer_router import RouterSettings
 from backends.gpu import GpuSample, GpuSource, SimGpuSource, attribute, make_gpu_source
-from backends.promtext import parse_metrics
 from backends.sglang import effect_warnings, mask_argv
 from backends.sglang_client import SglangClient
 from console import hostmem
@@ -56,8 +55,14 @@ log = logging.getLogger("embedops.supervisor")
 
 VERSION = "0.1.0"
 EXIT_POLL_S = 0.1
+"""Exit polling period for a process no pidfd watches (elsewhere: woken at the exit)."""
+EXIT_SAFETY_S = 2.0
+"""Every worker's process is also looked at this often, watched or not."""
 TICK_S = 0.2
 BALANCER_POLL_S = 0.2
+"""Balancer process polling period when no pidfd watches it."""
+BALANCER_CHECK_S = 1.0
+"""Period of the balancer's ``/liveness`` check and of the routed-set refresh."""
 ROUTER_DURATION = "smg_router_request_duration_seconds"
 """sglang-router's histogram of client requests (embeddings are ``endpoint="other"``)."""
 DISCOVER_S = 15.0
@@ -156,6 +161,8 @@ class Supervisor:
         self._tasks: list[asyncio.Task[Any]] = []
         self._probe_tasks: dict[str, asyncio.Task[Any]] = {}
         self._alive_cache: dict[str, tuple[procs.ProcessIdentity, psutil.Process]] = {}
+        self._worker_exits = procs.ExitWatchers()
+        self._balancer_exit = procs.ExitWatchers()
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._rollout: asyncio.Task[Any] | None = None
         self._stopping = asyncio.Event()
@@ -339,6 +346,8 @@ class Supervisor:
                 await self._gpu.close()
         for client in self._clients.values():
             client.close_connections()
+        self._worker_exits.close()
+        self._balancer_exit.close()
         await self._http.aclose()
 
     async def _stop_worker_for_good(self, w: WorkerRuntime) -> None:
@@ -408,6 +417,7 @@ class Supervisor:
         w.new_generation(now)
         w.warnings = effect_warnings(w.spec, self.cfg.sglang_version)
         self._event("spawn", w.name, f"started pid {w.identity.pid}: {' '.join(shown)}")
+        self._worker_exits.wake()  # watch it from now on
         self._save_state()
 
     async def _preflight(self, w: WorkerRuntime) -> str | None:
@@ -495,9 +505,20 @@ class Supervisor:
     # ================================================================== loops
 
     async def _exit_loop(self) -> None:
+        """Handle workers that exited: woken by a worker's pidfd the moment it exits;
+        a worker that cannot be watched is polled every `EXIT_POLL_S`, and every worker
+        is looked at every `EXIT_SAFETY_S` regardless."""
+        next_full = 0.0
         while True:
+            self._worker_exits.sync({w.name: w.identity for w in self.workers.values()
+                                     if w.identity is not None and not w.stop_in_progress})
+            full = self.clock() >= next_full
+            if full:
+                next_full = self.clock() + EXIT_SAFETY_S
             for w in list(self.workers.values()):
                 if w.identity is None or w.stop_in_progress:
+                    continue
+                if not full and not self._worker_exits.needs_poll(w.name):
                     continue
                 if self._still_alive(w.name, w.identity):
                     continue
@@ -505,7 +526,9 @@ class Supervisor:
                 if code is None and procs.is_running(w.identity):
                     continue
                 await self._handle_exit(w, code)
-            await asyncio.sleep(EXIT_POLL_S)
+            polling = self._worker_exits.polling
+            await self._worker_exits.wait(EXIT_POLL_S if polling else
+                                          max(0.0, next_full - self.clock()))
 
     def _still_alive(self, name: str, identity: procs.ProcessIdentity) -> bool:
         """Cheap check, 10 times a second per worker: the process verified once (pid,
@@ -607,13 +630,18 @@ class Supervisor:
                                                        progressing=progressed or answered))
 
     async def _scrape_loop(self) -> None:
+        """Scrape every worker's ``/metrics`` at once, every `scrape_interval_s` (0.2 s
+        while one drains); the balancer's page alongside, outside the worker cycle's
+        timing (`cycle_times`): sglang-router takes ~0.1 s to render it at 64 workers."""
         while True:
             t0 = time.perf_counter()
             targets = [w for w in self._all_runtimes()
                        if w.lifecycle.probing or w.state is S.DRAINING]
-            await asyncio.gather(*(self._scrape(w) for w in targets), self._scrape_balancer(),
-                                 return_exceptions=True)
+            balancer = asyncio.ensure_future(self._scrape_balancer())
+            await asyncio.gather(*(self._scrape(w) for w in targets), return_exceptions=True)
             self.cycle_times.append(time.perf_counter() - t0)
+            with contextlib.suppress(Exception):
+                await balancer
             now = self.clock()
             wall = time.time()
             for w in targets:
@@ -638,13 +666,13 @@ class Supervisor:
     async def _scrape_balancer(self) -> None:
         """Fold the balancer's request-duration histogram (sglang-router: every client
         request, retries included, all workers together) into `fleet_latency`."""
-        url = getattr(self.balancer, "prometheus_url", None)
-        if not url:
+        read = getattr(self.balancer, "prometheus", None)  # nginx has no such page
+        if read is None:
             return
         try:
-            r = await self._http.get(url, timeout=2.0)
-            hist = parse_metrics(r.text, content_type=r.headers.get("content-type"),
-                                 families=(ROUTER_DURATION,)).histogram(ROUTER_DURATION)
+            # fresh each cycle; the read also serves the router's own `list` (circuits)
+            snap = await read(max_age_s=0.0, families=(ROUTER_DURATION,))
+            hist = snap.histogram(ROUTER_DURATION) if snap is not None else None
         except Exception:  # noqa: BLE001 - the fleet P95 falls back to the workers'
             return
         if hist is not None:
@@ -725,19 +753,24 @@ class Supervisor:
     async def _balancer_loop(self) -> None:
         """Watch the balancer; restart it when it died (workers are not touched).
 
-        The process itself is looked at every `BALANCER_POLL_S` (no HTTP), so a dead
-        balancer is replaced within that; ``/liveness`` and the routed set are read
-        every 5th round (~1 s)."""
-        rounds = 0
+        Its process is watched by a pidfd (polled every `BALANCER_POLL_S` where it
+        cannot be), so a dead balancer is replaced at once; ``/liveness`` and the
+        routed set are read every `BALANCER_CHECK_S`."""
+        next_check = self.clock() + BALANCER_POLL_S
         while True:
-            await asyncio.sleep(BALANCER_POLL_S)
+            exits = self._balancer_exit
+            await exits.wait(min(BALANCER_POLL_S, max(0.0, next_check - self.clock()))
+                             if exits.polling else max(0.0, next_check - self.clock()))
             if self.balancer is None:
+                next_check = self.clock() + BALANCER_CHECK_S
                 continue
             ident = self.balancer.identity
-            gone = ident is not None and not procs.is_running(ident)
-            rounds += 1
-            if not gone and rounds % 5:
+            exits.sync({"balancer": ident} if ident is not None else {})
+            gone = (ident is not None and exits.needs_poll("balancer")
+                    and not procs.is_running(ident))
+            if not gone and self.clock() < next_check:
                 continue
+            next_check = self.clock() + BALANCER_CHECK_S
             healthy = False if gone else await self.balancer.healthy()
             if healthy != self.balancer_healthy:
                 self._event("balancer", None, "balancer healthy" if healthy else
@@ -909,6 +942,7 @@ class Supervisor:
                                                 model=spec.served_model_name or spec.model_path)
         self._ensure_probe_task(w)
         self._update_gpu_urls()
+        self._worker_exits.wake()
         return w
 
     def _forget(self, w: WorkerRuntime) -> None:

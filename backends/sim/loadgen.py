@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from backends import eventloop
 from backends.http1 import (
     BadResponse,
     Connection,
@@ -685,13 +686,7 @@ def run_load(spec: LoadSpec, *, on_progress: Callable[[LiveStats], None] | None 
                 loop.add_signal_handler(sig, gen.stop)
         return await gen.run()
 
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(go())
-        return uvloop.run(go())
-    return asyncio.run(go())
+    return eventloop.run(go(), use_uvloop=use_uvloop)
 
 
 class BackgroundLoad:

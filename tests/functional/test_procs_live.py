@@ -7,6 +7,7 @@ fixture and is killed at teardown by its recorded, re-verified identity.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import os
@@ -497,3 +498,65 @@ async def test_real_sim_worker_discovered_and_stopped_with_its_orphan(spawned: S
     assert result.exit_code is not None
     assert not _alive(orphan)
     assert procs.group_pids(ident) == set()
+
+
+needs_pidfd = pytest.mark.skipif(not hasattr(os, "pidfd_open"),
+                                 reason="no os.pidfd_open (Linux >= 5.3, Python >= 3.9)")
+
+
+@needs_pidfd
+async def test_exit_watch_fires_at_exit_not_before(spawned: Spawned) -> None:
+    ident = spawned.python("import sys, time; time.sleep(float(sys.argv[1]))", "0.6")
+    fired: list[float] = []
+    watch = procs.ExitWatch.open(ident, lambda: fired.append(time.monotonic()))
+    assert watch is not None
+    try:
+        await asyncio.sleep(0.3)
+        assert fired == [] and not watch.fired
+        deadline = time.monotonic() + 10
+        while not fired and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert watch.fired and len(fired) == 1
+        # the process is a zombie (or reaped) now: it no longer verifies
+        assert not procs.verify(ident)
+        await asyncio.sleep(0.1)
+        assert len(fired) == 1  # level-triggered fd, but the callback runs once
+    finally:
+        watch.close()
+        watch.close()  # idempotent
+
+
+@needs_pidfd
+async def test_exit_watch_refuses_a_reused_pid(spawned: Spawned) -> None:
+    live = spawned.python("import time; time.sleep(60)")
+    forged = ProcessIdentity(pid=live.pid, create_time=live.create_time - 100.0,
+                             cmdline_hash=live.cmdline_hash)
+    assert procs.ExitWatch.open(forged, lambda: None) is None
+    gone = ProcessIdentity(pid=live.pid, create_time=live.create_time, cmdline_hash="0" * 16)
+    assert procs.ExitWatch.open(gone, lambda: None) is None
+
+
+@needs_pidfd
+async def test_exit_watchers_wake_the_waiter_and_follow_the_set(spawned: Spawned) -> None:
+    long = spawned.python("import time; time.sleep(60)")
+    short = spawned.python("import time; time.sleep(0.5)")
+    watchers = procs.ExitWatchers()
+    try:
+        watchers.sync({"long": long, "short": short})
+        assert not watchers.polling
+        assert not watchers.needs_poll("long") and not watchers.needs_poll("short")
+        t0 = time.monotonic()
+        await watchers.wait(20.0)  # woken by the short one's exit, not the timeout
+        assert time.monotonic() - t0 < 10.0
+        assert watchers.needs_poll("short") and not watchers.needs_poll("long")
+        # dropping a name closes its watch; an unwatchable identity is polled
+        forged = ProcessIdentity(pid=long.pid, create_time=long.create_time - 100.0,
+                                 cmdline_hash=long.cmdline_hash)
+        watchers.sync({"long": forged})
+        assert watchers.polling and watchers.needs_poll("long")
+        assert watchers.needs_poll("short")  # unknown names are to be polled
+        t0 = time.monotonic()
+        await watchers.wait(0.2)  # nothing wakes it: the timeout does
+        assert time.monotonic() - t0 >= 0.15
+    finally:
+        watchers.close()

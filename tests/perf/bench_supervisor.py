@@ -157,7 +157,9 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         proc = subprocess.Popen(
             [sys.executable, str(RECORDER), "--config", str(fleet.config_path),
              "--state-dir", str(fleet.sd.root), "--out", str(out),
-             *([] if args.discover else ["--no-discover"])],
+             *([] if args.discover else ["--no-discover"]),
+             *(["--profile", str(Path(args.profile).with_suffix(f".{n}.prof"))]
+               if args.profile else [])],
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(REPO),
             env=env, start_new_session=True)
     ident = procs.identify(proc.pid)
@@ -178,6 +180,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             psutil.cpu_percent(None)
             c0, r0, w0 = cpu_s(sup), group_cpu_s(router_pgid), group_cpu_s(worker_pgids)
+            sys0 = sup.cpu_times().system
             t0 = time.monotonic()
             rss_max = 0
             while (left := args.window - (time.monotonic() - t0)) > 0:
@@ -185,12 +188,15 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 rss_max = max(rss_max, sup.memory_info().rss)
             t1 = time.monotonic()
             c1, r1, w1 = cpu_s(sup), group_cpu_s(router_pgid), group_cpu_s(worker_pgids)
+            sys1 = sup.cpu_times().system
             busy = psutil.cpu_percent(None)
             rec = dump_records(proc.pid, out)
             wall = t1 - t0
             result["windows"].append({
                 "seconds": round(wall, 2),
                 "supervisor_cpu_pct": round(100 * (c1 - c0) / wall, 2),
+                # kernel time (sockets, wake-ups): on a VM it is where loopback costs show
+                "supervisor_cpu_system_pct": round(100 * (sys1 - sys0) / wall, 2),
                 "supervisor_rss_mib": round(sup.memory_info().rss / 2**20, 1),
                 "supervisor_rss_max_mib": round(rss_max / 2**20, 1),
                 "scrape_cycle_ms": summarize_ms(in_window(rec["cycles"], t0, t1)),
@@ -224,6 +230,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     result["median"] = {
         "supervisor_cpu_pct": med(lambda w: w["supervisor_cpu_pct"]),
+        "supervisor_cpu_system_pct": med(lambda w: w["supervisor_cpu_system_pct"]),
         "supervisor_rss_mib": med(lambda w: w["supervisor_rss_mib"]),
         "scrape_cycle_p50_ms": med(lambda w: w["scrape_cycle_ms"]["p50"]),
         "scrape_cycle_p99_ms": med(lambda w: w["scrape_cycle_ms"]["p99"]),
@@ -278,6 +285,10 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=10.0,
                     help="seconds after all workers are ready before measuring")
     ap.add_argument("--start-timeout", type=float, default=300.0)
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="run the supervisor under cProfile and write FILE.<N>.prof per fleet"
+                         " size (cProfile adds its own cost: read the CPU figures from a run"
+                         " without it)")
     ap.add_argument("--discover", action="store_true",
                     help="let the supervisor attach SGLang servers it finds on the box "
                          "(default: off, so other people's workers on a shared machine do "

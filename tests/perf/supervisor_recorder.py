@@ -91,7 +91,8 @@ def main() -> int:
                     help="attach no SGLang servers found on the box (on a shared machine,"
                          " other people's workers would otherwise be probed and scraped too)")
     ap.add_argument("--profile", default=None, metavar="FILE",
-                    help="also run under cProfile; each SIGUSR1 writes the stats to FILE")
+                    help="also run under cProfile; each SIGUSR1 writes the stats since the previous"
+                         " SIGUSR1 to FILE")
     args = ap.parse_args()
     out = Path(args.out)
     profiler = None
@@ -102,8 +103,11 @@ def main() -> int:
         profiler.enable()
 
     def dump(*_: object) -> None:
+        nonlocal profiler
         if profiler is not None:
-            profiler.dump_stats(args.profile)  # stops the profiler (create_stats)
+            # the stats since the previous dump: the bench's last window alone
+            profiler.dump_stats(args.profile)
+            profiler = cProfile.Profile()
             profiler.enable()
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "cycles": list(CYCLES),

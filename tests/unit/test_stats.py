@@ -196,6 +196,19 @@ def test_histogram_window_expiry() -> None:
     assert h.quantile(0.50, 320.0) is None  # everything expired
 
 
+def test_histogram_window_reads_follow_new_snapshots_within_one_slice() -> None:
+    # several reads in one slice share one computation; a snapshot in that slice (or
+    # the next slice) must still show at once
+    h = HistogramWindow(window_s=300.0, slice_s=10.0)
+    h.observe(0.0, BASE)
+    h.observe(11.0, add(BASE, A))
+    assert h.count(12.0) == 100 and h.count(12.5) == 100
+    h.observe(13.0, add(add(BASE, A), B))
+    assert h.count(13.0) == 200
+    assert h.count(309.0) == 200
+    assert h.count(311.0) == 0.0  # slice 1 expired
+
+
 def test_histogram_window_instance_change_is_a_reset_even_if_counts_grew() -> None:
     h = HistogramWindow()
     h.observe(0.0, cum([1, 0, 0, 0, 0, 0, 0, 0]), instance=("pid", 1))
@@ -399,3 +412,45 @@ def test_stale_metrics_with_several_counters() -> None:
     assert d.stale()
     d.observe(250.0, (1.0, 3.0), queue=1)  # one of several counters moved
     assert not d.stale() and d.stuck_for() == 0.0
+
+
+def _direct_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(slope, stderr) of the least-squares line, computed the textbook way."""
+    n = len(points)
+    tm = math.fsum(t for t, _ in points) / n
+    vm = math.fsum(v for _, v in points) / n
+    sxx = math.fsum((t - tm) ** 2 for t, _ in points)
+    slope = math.fsum((t - tm) * (v - vm) for t, v in points) / sxx
+    rss = math.fsum((v - vm - slope * (t - tm)) ** 2 for t, v in points)
+    return slope, math.sqrt(rss / (n - 2) / sxx)
+
+
+def test_leak_fit_running_sums_match_a_direct_fit_over_a_long_run() -> None:
+    # 3 h of 2 s samples (5,400 observations: horizon expiry every sample, several
+    # rebases) of a slow noisy leak on a large baseline; fits between samples too
+    rng = random.Random(7)
+    trend = LeakTrend(horizon_s=3600.0)
+    points: list[tuple[float, float]] = []
+    t = 1_000_000.0  # a monotonic clock far from 0
+    for i in range(5400):
+        t += rng.uniform(1.5, 2.5)
+        v = 60000.0 + 0.05 * (t - 1_000_000.0) + rng.gauss(0, 50)
+        trend.observe(t, v)
+        points.append((t, v))
+        if i % 450 == 449:
+            for now in (t, t + 1.7):
+                window = [(pt, pv) for pt, pv in points if now - 3600.0 <= pt <= now]
+                fit = trend.fit(now)
+                assert fit is not None and fit.samples == len(window)
+                slope, stderr = _direct_fit(window)
+                assert fit.slope_mib_per_s == pytest.approx(slope, rel=1e-9, abs=1e-12)
+                assert fit.stderr_mib_per_s == pytest.approx(stderr, rel=1e-6)
+                assert fit.segment_start == window[0][0]
+                assert fit.span_s == pytest.approx(window[-1][0] - window[0][0])
+    # a query before the newest samples leaves them out (and cannot bring back what
+    # the newest sample's horizon already dropped)
+    now = points[-3][0]
+    kept = [p for p in points if t - 3600.0 <= p[0] <= now]
+    fit = trend.fit(now)
+    assert fit is not None and fit.samples == len(kept) > 1000
+    assert fit.slope_mib_per_s == pytest.approx(_direct_fit(kept)[0], rel=1e-9)
