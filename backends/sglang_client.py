@@ -83,6 +83,9 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     """Cosine similarity of two equal-length vectors (0.0 when either has zero norm)."""
     if len(a) != len(b):
         raise ValueError(f"cosine of vectors of different length ({len(a)} != {len(b)})")
+    if a == b and any(a):
+        # the usual probe: the same text gives the very same vector (C-speed compare)
+        return 1.0
     dot = math.fsum(map(operator.mul, a, b))
     na = math.sqrt(math.fsum(map(operator.mul, a, a)))
     nb = math.sqrt(math.fsum(map(operator.mul, b, b)))

@@ -255,7 +255,7 @@ def _first_ok_after(url: str, t0: float, timeout_s: float = 30.0) -> float | Non
 
 def test_f10_router_killed_is_restarted_workers_untouched(fleet: Fleet) -> None:
     """F10: SIGKILL the sglang-router under load: the supervisor sees the process gone
-    within its 0.2 s poll and starts a new router with the routed workers on
+    at once (its pidfd) and starts a new router with the routed workers on
     ``--worker-urls`` (registered by the router itself), without touching them. Client
     errors during the outage are expected (no held listening socket: refused until the
     port opens, then 503 until the ~1 s registration probe of each worker is done) and

@@ -102,6 +102,9 @@ def test_cosine():
     assert cosine([1.0, 1.0], [-1.0, -1.0]) == pytest.approx(-1.0)
     assert cosine([3.0, 4.0], [4.0, 3.0]) == pytest.approx(24 / 25)
     assert cosine([0.0, 0.0], [1.0, 1.0]) == 0.0
+    assert cosine([0.0, 0.0], [0.0, 0.0]) == 0.0  # equal, but no direction
+    assert cosine((0.6, -0.8), (0.6, -0.8)) == 1.0  # equal vectors: exactly 1
+    assert cosine([2.0, 1.0], [2.0, 1.0 + 1e-9]) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         cosine([1.0], [1.0, 2.0])
 
