@@ -280,6 +280,34 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class OutlierConfig:
+    """``[outlier]``: passive ejection of a worker whose own responses fail too often
+    (the HTTP 5xx share of its ``sglang:http_responses_total``, read from its
+    ``/metrics``). For a worker failing, say, one request in five: the 1 s probe hits a
+    failure only now and then and re-admits it after two passes, while the balancer
+    retries every failure. Needs SGLang's HTTP counters (not in 0.5.2)."""
+
+    enabled: bool = True
+    """Eject outliers; off: only probes (and alert rules) act on errors."""
+    error_share: float = _field(0.1, gt=0, le=1)
+    """5xx share of the worker's responses, over `window_s` since it was last routed,
+    that ejects it."""
+    min_responses: int = _field(50, ge=1)
+    """Fewer responses than this in that window are not judged (with 50, a worker
+    failing 1 % of requests reaches 10 % in under 1 window in 5,000; one failing 20 %
+    is ejected within a few seconds at ~15 requests a second)."""
+    window_s: float = _field(10.0, gt=0)
+    """See `error_share` (the worker's /metrics is scraped every
+    `[metrics] scrape_interval_s`)."""
+    ejection_s: float = _field(30.0, gt=0)
+    """An outlier stays out at least this long, times the number of outlier ejections in
+    a row, before passing probes may re-admit it..."""
+    max_ejection_s: float = _field(300.0, gt=0)
+    """...at most this long; after twice this long without an outlier ejection the count
+    starts over."""
+
+
+@dataclass(frozen=True)
 class RestartConfig:
     """``[restart]``: backoff, crash loops, stopping and starting."""
 
@@ -482,6 +510,8 @@ class FleetConfig:
     """``[probe]``."""
     restart: RestartConfig = _field(factory=RestartConfig)
     """``[restart]``."""
+    outlier: OutlierConfig = _field(factory=OutlierConfig)
+    """``[outlier]``."""
     alerts: tuple[AlertRule, ...] = DEFAULT_ALERTS
     """``[[alerts]]``; the seed rules when absent."""
     metrics: MetricsConfig = _field(factory=MetricsConfig)

@@ -53,7 +53,9 @@ from console.policy import (
     RestartBackoff,
     classify_exit,
     drain_verdict,
+    is_outlier,
     is_slow,
+    outlier_hold_s,
     should_eject,
     should_readmit,
     should_restart,
@@ -246,6 +248,13 @@ class WorkerLifecycle:
         self._failures = 0
         self._stalled = 0
         self._successes = 0
+        self._held_until: float | None = None  # an outlier stays ejected until then
+        # responses before this are not judged by the outlier rule: a new process, or
+        # the end of an outlier hold (not a probe's brief ejection: a worker flapping on
+        # its probes must still be judged on all its recent answers)
+        self._judged_since: float | None = None
+        self._outliers = 0  # outlier ejections in a row
+        self._last_outlier_at: float | None = None
         self.last_probe_ok: bool | None = None
         self.last_probe_at: float | None = None
         self.last_latency_s: float | None = None
@@ -368,6 +377,7 @@ class WorkerLifecycle:
 
     def _start(self, now: float, reason: str, actions: list[Action],
                transitions: list[Transition]) -> None:
+        self._held_until = None  # a new process is judged afresh
         self._go(now, S.STARTING, reason, transitions)
         self._started_at = now
         self._starts += 1
@@ -422,6 +432,7 @@ class WorkerLifecycle:
             actions.append(Action(ActionKind.COMMIT, message="retuned arguments became ready"))
         self._recovering = False
         self._reset_probe_counts()
+        self._judged_since = now
         if self._serve:
             self._go(now, S.DEGRADED if slow else S.READY, reason, transitions)
             self.backoff.mark_healthy(now)
@@ -526,15 +537,57 @@ class WorkerLifecycle:
             elif state is S.READY:
                 self._go(now, S.DEGRADED, f"probe failed ({self._failures} in a row)", transitions)
         elif state is S.EJECTED:
-            if ok and should_readmit(self._successes, self.policy):
+            held = self._held_until is not None and now < self._held_until
+            if ok and not held and should_readmit(self._successes, self.policy):
                 self._go(now, S.DEGRADED if slow else S.READY,
                          f"probe passed {self._successes} times: re-admitted", transitions)
                 self.backoff.mark_healthy(now)
                 self._recovering = False
+                if self._held_until is not None:
+                    self._judged_since = now
+                self._held_until = None
                 self._register(actions)
             elif not ok and should_restart(self._stalled, self.policy):
                 self._hung(now, actions, transitions)
         return self._decision(actions, transitions)
+
+    def observe_error_share(self, now: float, share: float | None, responses: float) -> Decision:
+        """The 5xx `share` of the worker's own `responses` over the outlier window since
+        it was last routed (``None``: no data, e.g. SGLang 0.5.2 has no HTTP counters).
+
+        A routed worker at or above `OutlierPolicy.error_share` with enough responses is
+        ejected and held out (n × `ejection_s` for the n-th time in a row, capped) before
+        passing probes may re-admit it: it still answers, so the probe alone would put it
+        back within seconds and the balancer would keep retrying its failures."""
+        actions: list[Action] = []
+        transitions: list[Transition] = []
+        policy = self.policy.outlier
+        if self._state in ROUTED_STATES and is_outlier(share, responses, policy):
+            assert share is not None
+            if (self._last_outlier_at is not None
+                    and now - self._last_outlier_at > 2 * policy.max_ejection_s):
+                self._outliers = 0
+            self._outliers += 1
+            self._last_outlier_at = now
+            hold = outlier_hold_s(self._outliers, policy)
+            self._held_until = now + hold
+            self._successes = 0
+            self._eject(actions)
+            self._go(now, S.EJECTED, f"outlier: {share:.0%} of {responses:g} responses failed "
+                     f"(HTTP 5xx; limit {policy.error_share:.0%}); held out {hold:g} s",
+                     transitions)
+        return self._decision(actions, transitions)
+
+    @property
+    def judged_since(self) -> float | None:
+        """While routed: the start of the responses the outlier rule judges (the latest
+        of becoming ready and the end of an outlier hold); None when not routed."""
+        return self._judged_since if self.ready_since is not None else None
+
+    @property
+    def held_until(self) -> float | None:
+        """While ejected as an outlier: the time before which it is not re-admitted."""
+        return self._held_until if self._state is S.EJECTED else None
 
     def _hung(self, now: float, actions: list[Action], transitions: list[Transition]) -> None:
         why = (f"{self._stalled} failed probes in a row with completions not progressing")

@@ -44,12 +44,15 @@ __all__ = [
     "DrainVerdict",
     "ExitClass",
     "LifecyclePolicy",
+    "OutlierPolicy",
     "RestartBackoff",
     "RetuneVerdict",
     "classify_exit",
     "drain_verdict",
+    "is_outlier",
     "is_slow",
     "next_rollout_step",
+    "outlier_hold_s",
     "probe_timeout_s",
     "retune_verdict",
     "should_eject",
@@ -195,6 +198,49 @@ class CrashLoopDetector:
         return self.count(now) >= self.policy.threshold
 
 
+# ----------------------------------------------------------------- outlier ejection
+
+
+@dataclass(frozen=True)
+class OutlierPolicy:
+    """Passive ejection of a worker whose own responses fail too often (reliability.md
+    F4, the intermittent case a 1 s probe sees only now and then; Envoy's
+    failure-percentage outlier detection, without its ≥ 5 hosts minimum)."""
+
+    enabled: bool = True
+    error_share: float = 0.1
+    """HTTP 5xx share of the worker's responses that ejects it."""
+    min_responses: int = 50
+    """Fewer responses than this in the window are not judged."""
+    window_s: float = 10.0
+    """The responses judged: those of the last `window_s` seconds since it was routed."""
+    ejection_s: float = 30.0
+    """The n-th outlier ejection in a row keeps the worker out n × this long..."""
+    max_ejection_s: float = 300.0
+    """...at most this long. After twice this long without one, n starts over."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.error_share <= 1:
+            raise ValueError(f"error_share must be in (0, 1], got {self.error_share!r}")
+        if self.min_responses < 1:
+            raise ValueError("min_responses must be >= 1")
+        for name in ("window_s", "ejection_s", "max_ejection_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def is_outlier(share: float | None, responses: float, policy: OutlierPolicy) -> bool:
+    """Whether a routed worker with this 5xx `share` of `responses` is ejected."""
+    return (policy.enabled and share is not None and responses >= policy.min_responses
+            and share >= policy.error_share)
+
+
+def outlier_hold_s(ejections_in_a_row: int, policy: OutlierPolicy) -> float:
+    """How long the n-th outlier ejection in a row keeps a worker out."""
+    return min(policy.max_ejection_s, max(1, ejections_in_a_row) * policy.ejection_s)
+
+
 # ----------------------------------------------------------------- lifecycle policy
 
 
@@ -226,6 +272,7 @@ class LifecyclePolicy:
     """Exit codes during startup that mean a configuration error (argparse: bad flags)."""
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     crash_loop: CrashLoopPolicy = field(default_factory=CrashLoopPolicy)
+    outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
 
     def __post_init__(self) -> None:
         for name in ("ready_after_successes", "eject_after_failures",

@@ -248,14 +248,21 @@ class WorkerRuntime:
             return (pcts[0.5], pcts[0.95], pcts[0.99]), "probe"
         return (None, None, None), "none"
 
-    def error_share(self, now: float) -> float | None:
-        """5xx share of request responses over the error window (0..1); None without
-        responses in it."""
-        total = self.responses_rate.increase(now)
-        errors = self.errors_rate.increase(now)
+    def error_share(self, now: float, *, since: float | None = None,
+                    window_s: float | None = None) -> float | None:
+        """5xx share of request responses over the error window (0..1), or over its last
+        `window_s` seconds and after `since`; None without responses in it."""
+        share, _ = self.error_share_of(now, since=since, window_s=window_s)
+        return share
+
+    def error_share_of(self, now: float, *, since: float | None = None,
+                       window_s: float | None = None) -> tuple[float | None, float]:
+        """(`error_share`, the number of responses it is a share of)."""
+        total = self.responses_rate.increase(now, since=since, window_s=window_s)
+        errors = self.errors_rate.increase(now, since=since, window_s=window_s)
         if total is None or errors is None or total <= 0:
-            return None
-        return min(1.0, max(0.0, errors / total))
+            return None, total or 0.0
+        return min(1.0, max(0.0, errors / total)), total
 
     def leak_figures(self, now: float) -> tuple[float | None, float | None]:
         """(slope MiB/h, seconds until the card is full) when memory is growing."""

@@ -409,9 +409,14 @@ class CounterRate:
     def _window(self, now: float) -> list[tuple[float, float]]:
         return [(t, v) for t, v in self._points if now - self.window_s <= t <= now]
 
-    def increase(self, now: float) -> float | None:
-        """Increase over the window; None with fewer than two samples in it."""
-        pts = self._window(now)
+    def increase(self, now: float, *, since: float | None = None,
+                 window_s: float | None = None) -> float | None:
+        """Increase over the window (or the last `window_s` seconds of it), counting only
+        samples taken at or after `since`; None with fewer than two such samples."""
+        lo = now - (self.window_s if window_s is None else min(window_s, self.window_s))
+        if since is not None:
+            lo = max(lo, since)
+        pts = [(t, v) for t, v in self._points if lo <= t <= now]
         if len(pts) < 2:
             return None
         return pts[-1][1] - pts[0][1]

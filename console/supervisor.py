@@ -45,6 +45,7 @@ from console.policy import (
     BackoffPolicy,
     CrashLoopPolicy,
     LifecyclePolicy,
+    OutlierPolicy,
     probe_timeout_s,
 )
 from console.runtime import SCRAPED_FAMILIES, ActionProgress, WorkerRuntime
@@ -88,7 +89,7 @@ CONFIG_ERROR_MARKERS: tuple[tuple[str, str], ...] = (
 
 def lifecycle_policy(cfg: FleetConfig) -> LifecyclePolicy:
     """The lifecycle rules configured in `cfg`."""
-    r, p = cfg.restart, cfg.probe
+    r, p, o = cfg.restart, cfg.probe, cfg.outlier
     return LifecyclePolicy(
         eject_after_failures=p.eject_after_failures,
         readmit_after_successes=p.readmit_after_successes,
@@ -101,6 +102,9 @@ def lifecycle_policy(cfg: FleetConfig) -> LifecyclePolicy:
                               reset_after_s=r.reset_after_s),
         crash_loop=CrashLoopPolicy(threshold=r.crash_loop_failures,
                                    window_s=r.crash_loop_window_s),
+        outlier=OutlierPolicy(enabled=o.enabled, error_share=o.error_share,
+                              min_responses=o.min_responses, window_s=o.window_s,
+                              ejection_s=o.ejection_s, max_ejection_s=o.max_ejection_s),
     )
 
 
@@ -657,6 +661,11 @@ class Supervisor:
             return
         now = self.clock()
         w.fold_metrics(now, metrics)
+        lc = w.lifecycle
+        if w.managed and lc.judged_since is not None:
+            share, responses = w.error_share_of(now, since=lc.judged_since,
+                                                window_s=self.policy.outlier.window_s)
+            await self._apply(w, lc.observe_error_share(now, share, responses))
         if w.state is S.DRAINING and w.managed:
             inflight = None if w.running is None else w.running + (w.queued or 0)
             if w.action is not None:

@@ -61,9 +61,11 @@ def fleet_toml(workers: Iterable[WorkerDef], *, router_port: int, prom_port: int
                warmup_s: float = 0.2, request_timeout_s: float = 2.0,
                drain_timeout_s: float = 10.0, stop_grace_s: float = 3.0,
                startup_timeout_s: float = 20.0, sim_faults: Iterable[str] = (),
+               outlier: bool = True, outlier_ejection_s: float = 5.0,
                extra: str = "", name: str = "chaos") -> str:
     """A sim fleet file (the shape of `console.demo.demo_config`, tuned for tests:
-    fast sim start, router per-try timeout `request_timeout_s`, 1 s health checks)."""
+    fast sim start, router per-try timeout `request_timeout_s`, 1 s health checks, an
+    outlier held out `outlier_ejection_s` instead of 30 s)."""
     faults = ", ".join(json.dumps(f) for f in sim_faults)
     lines = [
         f'name = "{name}"', 'engine = "sim"', "",
@@ -73,6 +75,8 @@ def fleet_toml(workers: Iterable[WorkerDef], *, router_port: int, prom_port: int
         "[balancer]", 'kind = "sglang-router"', f"port = {router_port}",
         f"prometheus_port = {prom_port}", f"request_timeout_s = {request_timeout_s:g}",
         "health_check_interval_s = 1", "health_check_timeout_s = 3", "",
+        "[outlier]", f"enabled = {str(outlier).lower()}",
+        f"ejection_s = {outlier_ejection_s:g}", "",
         "[restart]", f"startup_timeout_s = {startup_timeout_s:g}",
         f"stop_grace_s = {stop_grace_s:g}", f"drain_timeout_s = {drain_timeout_s:g}", "",
         "[sim]", f"gpu_count = {gpus}", f"load_s = {load_s:g}", f"warmup_s = {warmup_s:g}",

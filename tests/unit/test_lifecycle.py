@@ -17,7 +17,7 @@ from console.lifecycle import (
 from console.lifecycle import ActionKind as K
 from console.lifecycle import LifecycleAlert as LA
 from console.model import WorkerState as S
-from console.policy import LifecyclePolicy
+from console.policy import LifecyclePolicy, OutlierPolicy
 
 
 class Clock:
@@ -801,3 +801,93 @@ def test_next_deadline() -> None:
 
 def test_action_dataclass_defaults() -> None:
     assert Action(K.START) == Action(kind=K.START, at=None, alert=None, message="")
+
+
+# ------------------------------------------------------------------ outlier ejection (F4 20 %)
+
+
+def outliers(**kw: object) -> LifecyclePolicy:
+    return LifecyclePolicy(outlier=OutlierPolicy(**kw))  # type: ignore[arg-type]
+
+
+def test_outlier_is_ejected_and_held_out_despite_passing_probes() -> None:
+    w = ready(outliers(error_share=0.1, min_responses=20, ejection_s=30.0))
+    # below the share, or too few responses, or no data: nothing happens
+    for share, n in ((0.09, 100.0), (0.5, 19.0), (None, 0.0)):
+        d = w.do("observe_error_share", share, n, dt=2.0)
+        assert d.state is S.READY and d.actions == ()
+    d = w.do("observe_error_share", 0.2, 40.0, dt=2.0)
+    assert d.state is S.EJECTED and d.kinds() == [K.EJECT]
+    assert "outlier: 20% of 40 responses" in d.transitions[0].reason
+    assert "held out 30 s" in d.transitions[0].reason
+    t_eject = w.clock.t
+    assert w.lc.held_until == t_eject + 30.0
+    # it still answers probes: they do not re-admit it during the hold...
+    for _ in range(29):
+        d = w.probe(True, dt=1.0, latency_s=0.01)
+        assert d.state is S.EJECTED and d.actions == (), w.clock.t - t_eject
+    # ...and do after it (2 passes in a row, the usual rule)
+    d = w.probe(True, dt=1.0, latency_s=0.01)
+    assert d.state is S.READY and d.kinds() == [K.REGISTER]
+    assert w.lc.held_until is None
+    # a further observation while ejected changes nothing (only routed workers are judged)
+    assert w.probe(False).state is S.EJECTED
+    assert w.do("observe_error_share", 1.0, 100.0).actions == ()
+
+
+def test_outlier_hold_grows_with_ejections_in_a_row_and_starts_over() -> None:
+    w = ready(outliers(ejection_s=10.0, max_ejection_s=25.0))
+    holds = []
+    for _ in range(4):
+        d = w.do("observe_error_share", 0.5, 50.0, dt=1.0)
+        assert d.state is S.EJECTED
+        holds.append(w.lc.held_until - w.clock.t)  # type: ignore[operator]
+        w.clock.advance(holds[-1])
+        assert w.probe(True, dt=0.0, latency_s=0.01).state is S.EJECTED  # 1 pass of 2
+        assert w.probe(True, dt=0.5, latency_s=0.01).state is S.READY
+    assert holds == [10.0, 20.0, 25.0, 25.0]  # n x 10 s, capped at 25 s
+    w.clock.advance(2 * 25.0 + 1.0)  # twice the cap without an outlier ejection
+    w.do("observe_error_share", 0.5, 50.0)
+    assert w.lc.held_until == w.clock.t + 10.0
+
+
+def test_outlier_rule_can_be_off_and_a_new_process_is_judged_afresh() -> None:
+    off = ready(outliers(enabled=False))
+    assert off.do("observe_error_share", 1.0, 1000.0).state is S.READY
+    w = ready()
+    assert w.do("observe_error_share", 1.0, 100.0).state is S.EJECTED
+    assert w.lc.held_until is not None
+    assert w.do("kill").state is S.STOPPING
+    assert w.exit(-9).state is S.STOPPED
+    assert w.do("start").state is S.STARTING
+    assert w.probe(True, latency_s=0.01).state is S.READY
+    assert w.probe(False).state is S.EJECTED  # a probe ejection: no outlier hold
+    assert w.lc.held_until is None
+    w.probe(True, latency_s=0.01)
+    assert w.probe(True, latency_s=0.01).state is S.READY
+
+
+@pytest.mark.parametrize("kw", [{"error_share": 0.0}, {"error_share": 1.5},
+                                {"min_responses": 0}, {"window_s": 0.0},
+                                {"ejection_s": float("inf")}, {"max_ejection_s": -1.0}])
+def test_outlier_policy_rejects_bad_numbers(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        OutlierPolicy(**kw)  # type: ignore[arg-type]
+
+
+def test_outlier_window_survives_probe_flaps_and_restarts_after_a_hold() -> None:
+    w = ready(outliers(ejection_s=10.0))
+    t_ready = w.clock.t
+    assert w.lc.judged_since == t_ready
+    # a probe ejection and re-admission (a flap) does not restart the judged window
+    assert w.probe(False).state is S.EJECTED
+    assert w.lc.judged_since is None  # not routed: not judged
+    w.probe(True, latency_s=0.01)
+    assert w.probe(True, latency_s=0.01).state is S.READY
+    assert w.lc.judged_since == t_ready
+    # the end of an outlier hold does
+    w.do("observe_error_share", 0.3, 60.0)
+    w.clock.advance(10.0)
+    w.probe(True, latency_s=0.01)
+    assert w.probe(True, latency_s=0.01).state is S.READY
+    assert w.lc.judged_since == w.clock.t

@@ -454,3 +454,15 @@ def test_leak_fit_running_sums_match_a_direct_fit_over_a_long_run() -> None:
     fit = trend.fit(now)
     assert fit is not None and fit.samples == len(kept) > 1000
     assert fit.slope_mib_per_s == pytest.approx(_direct_fit(kept)[0], rel=1e-9)
+
+
+def test_counter_increase_since_and_over_a_shorter_window() -> None:
+    c = CounterRate(300.0)
+    for t, v in ((0.0, 0.0), (10.0, 5.0), (20.0, 9.0), (30.0, 20.0), (40.0, 26.0)):
+        c.observe(t, v)
+    assert c.increase(40.0) == 26.0
+    assert c.increase(40.0, window_s=20.0) == 26.0 - 9.0  # samples at 20, 30, 40
+    assert c.increase(40.0, since=25.0) == 6.0  # samples at 30, 40
+    assert c.increase(40.0, since=35.0) is None  # one sample: no increase known
+    assert c.increase(40.0, since=5.0, window_s=25.0) == 26.0 - 9.0
+    assert c.increase(40.0, window_s=1000.0) == 26.0  # never beyond the kept window
