@@ -179,11 +179,19 @@ def test_leak_alert_long_before_full_then_auto_remediation(fleet: Fleet) -> None
         time.sleep(1.0)
         t_fault = time.time()
         fleet.sim_faults("w2", {"leak_mib_s": LEAK_MIB_S})
-        fired, _ = fleet.wait_for(
-            lambda s: s if any(a["rule"] == "gpu_memory_leak" and a["worker"] == "w2"
-                               and a["state"] == "firing" for a in s["alerts"]) else None,
-            timeout_s=60, what="leak alert firing")
-        card = next(g for g in fired["gpus"] if g["index"] == 1)
+        # the card as last seen with the leaking process: by the time a snapshot shows
+        # the alert firing, its drain + restart may already have replaced the process
+        # (a new one reports 0 MiB while it loads)
+        seen: list[dict[str, Any]] = []
+
+        def leak_firing(s: dict[str, Any]) -> bool:
+            if row(s, "w2")["pid"] == before["pid"]:
+                seen.append(next(g for g in s["gpus"] if g["index"] == 1))
+            return any(a["rule"] == "gpu_memory_leak" and a["worker"] == "w2"
+                       and a["state"] == "firing" for a in s["alerts"])
+
+        fleet.wait_for(leak_firing, timeout_s=60, what="leak alert firing")
+        card = seen[-1]
         fleet.wait_for(lambda s: row(s, "w2")["pid"] not in (None, before["pid"])
                        and row(s, "w2")["state"] in ROUTED and row(s, "w2")["routed"],
                        timeout_s=60, what="w2 restarted by auto-remediation")
