@@ -79,7 +79,7 @@ class ProcessGroups:
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=full_env,
                                 cwd=str(cwd or REPO), start_new_session=True)
-        if log:
+        if not isinstance(out, int):
             out.close()  # the child holds its own copy
         self._procs.append(proc)
         return proc
