@@ -179,13 +179,14 @@ def test_leak_alert_long_before_full_then_auto_remediation(fleet: Fleet) -> None
         time.sleep(1.0)
         t_fault = time.time()
         fleet.sim_faults("w2", {"leak_mib_s": LEAK_MIB_S})
-        # the card as last seen with the leaking process: by the time a snapshot shows
-        # the alert firing, its drain + restart may already have replaced the process
-        # (a new one reports 0 MiB while it loads)
+        # the card as last seen while the leaking process still served: by the time a
+        # snapshot shows the alert firing, its drain + restart may already be stopping
+        # it (its scheduler gone: 0 MiB) or have replaced it (0 MiB while loading)
         seen: list[dict[str, Any]] = []
 
         def leak_firing(s: dict[str, Any]) -> bool:
-            if row(s, "w2")["pid"] == before["pid"]:
+            w2 = row(s, "w2")
+            if w2["pid"] == before["pid"] and w2["state"] in ROUTED:
                 seen.append(next(g for g in s["gpus"] if g["index"] == 1))
             return any(a["rule"] == "gpu_memory_leak" and a["worker"] == "w2"
                        and a["state"] == "firing" for a in s["alerts"])
