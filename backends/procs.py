@@ -385,9 +385,13 @@ def spawn_detached(cmd: LaunchCommand, log_path: Path, *, cwd: Path | None = Non
     return ProcessIdentity(pid=proc.pid, create_time=ctime, cmdline_hash=cmdline_hash(cmd.argv))
 
 
-def returncode(identity: ProcessIdentity) -> int | None:
+def returncode(identity: ProcessIdentity, wait_s: float = 0.0) -> int | None:
     """Exit code of the identified process if it was spawned by this interpreter and
     has exited (it is reaped now); None while it runs or when it is not our child.
+
+    `wait_s` > 0 blocks up to that long for a leader that shows as a zombie but
+    cannot be reaped yet: Linux shows a multithreaded leader as exited while its
+    other threads are still being torn down, and only lets it be reaped after them.
 
     Popen's convention: ``-N`` means killed by signal N.
     """
@@ -398,6 +402,9 @@ def returncode(identity: ProcessIdentity) -> int | None:
     if proc is None or _match(identity)[0] in ("alive", "other"):
         return None
     code = proc.poll()
+    if code is None and wait_s > 0:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout=wait_s)
     if code is not None:
         _CHILDREN.pop(identity.pid, None)
         _EXITED[key] = code
@@ -640,8 +647,8 @@ class _Stopper:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 self.tracked[pid] = psutil.Process(pid)
 
-    def reap(self) -> None:
-        code = returncode(self.identity)
+    def reap(self, wait_s: float = 0.0) -> None:
+        code = returncode(self.identity, wait_s)
         if code is not None:
             self.exit_code = code
 
@@ -744,7 +751,9 @@ async def _stop(identity: ProcessIdentity, *, grace_s: float | None, kill_wait_s
             if not stopper.send(signal.SIGKILL):
                 return _refused_midway(identity, stopper, started)
             await stopper.wait_gone(kill_wait_s)
-    stopper.reap()
+    if stopper.exit_code is None:
+        # every member is gone or a zombie: a leader's last threads take moments
+        await asyncio.to_thread(stopper.reap, 1.0)
     return StopResult(exit_code=stopper.exit_code, escalated=escalated,
                       survivors=stopper.survivors(), refused=None,
                       signals=tuple(stopper.signals), duration_s=time.monotonic() - started)

@@ -527,8 +527,11 @@ class Supervisor:
                 if self._still_alive(w.name, w.identity):
                     continue
                 code = procs.returncode(w.identity)
-                if code is None and procs.is_running(w.identity):
-                    continue
+                if code is None:
+                    if procs.is_running(w.identity):
+                        continue
+                    # shown as exited while its last threads go: reapable in moments
+                    code = await asyncio.to_thread(procs.returncode, w.identity, 1.0)
                 await self._handle_exit(w, code)
             polling = self._worker_exits.polling
             await self._worker_exits.wait(EXIT_POLL_S if polling else

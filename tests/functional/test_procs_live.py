@@ -161,6 +161,43 @@ async def test_sigterm_ignored_escalates_to_sigkill(spawned: Spawned, tmp_path: 
     assert not procs.verify(ident)
 
 
+# The main thread leaves with pthread_exit while another thread runs on: Linux then
+# shows the leader as a zombie that cannot be reaped until that thread is done (what
+# a multithreaded worker looks like for a moment after SIGKILL).
+LEADER_THREAD_OUTLIVES = """
+import ctypes, os, sys, threading, time
+def last():
+    open(sys.argv[1], "w").write("ready")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(7)
+threading.Thread(target=last).start()
+time.sleep(0.2)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+async def test_exit_code_of_a_leader_outlived_by_its_last_thread(spawned: Spawned, tmp_path: Path) -> None:
+    ident = spawned.python(LEADER_THREAD_OUTLIVES, str(tmp_path / "ready"), str(tmp_path / "release"))
+    _wait_file(tmp_path / "ready")
+    deadline = time.monotonic() + 5
+    while procs._match(ident)[0] != "zombie" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert procs._match(ident)[0] == "zombie"
+    assert procs.returncode(ident) is None  # shown as exited, not reapable yet
+
+    stop = asyncio.create_task(procs.stop_group(ident, grace_s=0.5))
+    await asyncio.sleep(0.3)
+    assert not stop.done()  # waiting for the last thread
+    (tmp_path / "release").write_text("go")
+    result = await asyncio.wait_for(stop, 10)
+
+    assert result.signals == ()  # nothing of it is left to signal
+    assert result.exit_code == 7  # waited for the last thread, not reported unknown
+    assert result.clean
+
+
 async def test_kill_now_sends_only_sigkill(spawned: Spawned, tmp_path: Path) -> None:
     ident = spawned.python(TERM_MARKER, str(tmp_path / "ready"), str(tmp_path / "marker"))
     _wait_file(tmp_path / "ready")
